@@ -1,0 +1,166 @@
+"""Starts the parts in order, waits on one stop event, stops them in reverse.
+
+Startup: prices, store, read model, ingest, watcher, HTTP API, address file.
+Signal handlers only set the stop event. A part that cannot start raises
+`StartupError`, which the CLI turns into one line and exit status 3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from claude_usaged.api import ApiContext, make_app
+from claude_usaged.ingest import Ingest
+from claude_usaged.paths import address_file
+from claude_usaged.pricing import PriceFileError, PriceTable
+from claude_usaged.settings import Settings
+from claude_usaged.stats import ReadModel
+from claude_usaged.store import Store, StoreError
+from claude_usaged.watcher import RESCAN, Watcher
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_GRACE = 4.0
+
+
+class StartupError(RuntimeError):
+    """A part could not start; the message is the one line the user sees."""
+
+
+def write_address(path: Path, host: str, port: int) -> None:
+    """Atomically write where the API listens, for the CLI and tests to find."""
+    shown = f"[{host}]" if ":" in host else host
+    data = {"url": f"http://{shown}:{port}", "host": host, "port": port, "pid": os.getpid()}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data) + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+async def _feed(watcher: Watcher, ingest: Ingest) -> None:
+    async for batch in watcher.batches():
+        if RESCAN in batch:
+            batch.discard(RESCAN)
+            ingest.request_rescan()
+        if batch:
+            ingest.submit(batch)
+
+
+async def _reconcile(ingest: Ingest, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        ingest.request_rescan()
+
+
+async def _supervise_ingest(ingest: Ingest) -> None:
+    """Run the ingest loop; on a failure (disk full, locked database) log loudly and retry."""
+    delay = 1.0
+    while True:
+        try:
+            await ingest.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("ingest.failed", error=str(exc), retry_in_seconds=delay, exc_info=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+            ingest.request_rescan()
+
+
+class Daemon:
+    """The running daemon; `await Daemon(settings).run()` until stopped."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop_event = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._store: Store | None = None
+        self._read: ReadModel | None = None
+        self._watcher: Watcher | None = None
+        self._runner: web.AppRunner | None = None
+        self.address: tuple[str, int] | None = None
+
+    async def startup(self) -> None:
+        s = self.settings
+        try:
+            prices = PriceTable.load(s.prices)
+        except PriceFileError as exc:
+            raise StartupError(f"bad price file: {exc}") from None
+        try:
+            self._store = await Store.open(s.db, prices)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        store = self._store
+        ingest = Ingest(store, s.claude_dirs)
+        await ingest.start()
+        self._read = await ReadModel.open(s.db, s.zone, lambda: store.generation)
+        self._tasks.append(asyncio.create_task(_supervise_ingest(ingest), name="ingest"))
+        self._watcher = Watcher(s.claude_dirs)
+        self._watcher.start()
+        self._tasks.append(asyncio.create_task(_feed(self._watcher, ingest), name="watch"))
+        self._tasks.append(
+            asyncio.create_task(_reconcile(ingest, s.reconcile_interval), name="reconcile")
+        )
+        ctx = ApiContext(
+            read=self._read,
+            ingest=ingest,
+            watcher=self._watcher,
+            db_path=str(s.db),
+            started_at=time.time(),
+        )
+        self._runner = web.AppRunner(make_app(ctx), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.host, s.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {s.host}:{s.port}: {exc.strerror}") from None
+        host, port = self._runner.addresses[0][:2]
+        self.address = (host, port)
+        write_address(address_file(s.db), host, port)
+        log.info(
+            "daemon.listening",
+            url=f"http://{host}:{port}",
+            db=str(s.db),
+            roots=[str(r) for r in s.claude_dirs],
+            tz=s.tz,
+            prices=prices.version,
+        )
+
+    async def shutdown(self) -> None:
+        for task in reversed(self._tasks):
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, SHUTDOWN_GRACE)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            with contextlib.suppress(OSError):
+                address_file(self.settings.db).unlink()
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.stop)
+        if self._read is not None:
+            await self._read.close()
+        if self._store is not None:
+            await self._store.close()
+        log.info("daemon.stopped")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        try:
+            await self.startup()
+            await self.stop_event.wait()
+            log.info("daemon.stopping")
+        finally:
+            await self.shutdown()

@@ -1,0 +1,194 @@
+"""The ingest loop: which files to read, reading them, storing what they hold.
+
+One task owns all writing. Paths arrive from the watcher; a rescan (at start,
+on a slow timer, after the watcher reports trouble, on `/refresh`) stats every
+transcript and queues those whose size, time or inode differ from their
+cursor, so a missed event delays a count but never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from claude_usaged.parser import new_interner
+from claude_usaged.store import Store
+from claude_usaged.tailer import Cursor, TailResult, read_new
+from claude_usaged.usage import UsageRecord
+
+log = structlog.get_logger(__name__)
+
+BATCH_RECORDS = 20_000
+"""Records held in memory before they are written (bounds RSS on big histories)."""
+
+
+def transcript_paths(roots: Iterable[Path]) -> list[str]:
+    """Every `projects/**/*.jsonl` under the roots, sorted."""
+    found: list[str] = []
+    for root in roots:
+        projects = root / "projects"
+        if not projects.is_dir():
+            continue
+        for dirpath, _dirs, files in os.walk(projects, followlinks=False):
+            found.extend(os.path.join(dirpath, f) for f in files if f.endswith(".jsonl"))
+    return sorted(set(found))
+
+
+@dataclass(slots=True)
+class IngestState:
+    """Counters for `/stats` and `/health`."""
+
+    caught_up: bool = False
+    files: int = 0
+    last_event_at: float | None = None
+    last_scan_at: float | None = None
+    bytes_read: int = 0
+    unreadable: int = 0
+
+
+class Ingest:
+    """Reads changed transcripts and applies them to the store, one batch at a time."""
+
+    def __init__(self, store: Store, roots: Sequence[Path]) -> None:
+        self.store = store
+        self.roots = list(roots)
+        self.state = IngestState()
+        self.cursors: dict[str, Cursor] = {}
+        self._pending: set[str] = set()
+        self._rescan = False
+        self._wake = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._failing: dict[str, str] = {}
+        self._intern = new_interner()
+        self.listeners: list[Callable[[list[UsageRecord]], None]] = []
+        self.lines = 0
+        self.skipped_lines = 0
+
+    async def start(self) -> None:
+        self.cursors = await self.store.load_cursors()
+        counters = await self.store.counters()
+        self.lines = counters.get("lines", 0)
+        self.skipped_lines = counters.get("skipped_lines", 0)
+        self.state.files = len(self.cursors)
+        self.request_rescan()
+
+    # -- requests (any task) -----------------------------------------------------
+
+    def submit(self, paths: Iterable[str]) -> None:
+        self._pending.update(paths)
+        self.state.last_event_at = time.time()
+        self._wake.set()
+
+    def request_rescan(self) -> asyncio.Future[None]:
+        """Stat everything and read what changed; the future resolves when done."""
+        self._rescan = True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._wake.set()
+        return waiter
+
+    # -- the loop (one task) -----------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            paths, self._pending = self._pending, set()
+            rescan, self._rescan = self._rescan, False
+            waiters, self._waiters = self._waiters, []
+            try:
+                if rescan:
+                    paths |= set(await asyncio.to_thread(self._changed_paths))
+                    self.state.last_scan_at = time.time()
+                await self._process(sorted(paths))
+                if await self.store.settle():
+                    log.info("ingest.settled", files=self.state.files)
+            except Exception:
+                # answered after the retry that the supervisor schedules
+                self._waiters.extend(waiters)
+                raise
+            if rescan and not self.state.caught_up:
+                self.state.caught_up = True
+                log.info("ingest.caught_up", files=self.state.files)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _changed_paths(self) -> list[str]:
+        changed = []
+        for path in transcript_paths(self.roots):
+            cursor = self.cursors.get(path)
+            if cursor is None or path in self._failing:
+                changed.append(path)
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != (
+                cursor.ino,
+                cursor.size,
+                cursor.mtime_ns,
+            ):
+                changed.append(path)
+        return changed
+
+    async def _process(self, paths: Sequence[str]) -> None:
+        batch: list[TailResult] = []
+        held = 0
+        for path in paths:
+            result = await asyncio.to_thread(self._read, path)
+            if result is None:
+                continue
+            batch.append(result)
+            held += len(result.parsed.records)
+            if held >= BATCH_RECORDS:
+                await self._apply(batch)
+                batch, held = [], 0
+        if batch:
+            await self._apply(batch)
+
+    def _read(self, path: str) -> TailResult | None:
+        try:
+            result = read_new(path, self.cursors.get(path), self._intern)
+        except FileNotFoundError:
+            self._failing.pop(path, None)
+            return None  # vanished: its counted usage stays
+        except OSError as exc:
+            if self._failing.get(path) != exc.strerror:
+                log.warning("file.unreadable", path=path, error=exc.strerror, errno=exc.errno)
+            self._failing[path] = exc.strerror or str(exc)
+            self.state.unreadable = len(self._failing)
+            return None
+        if self._failing.pop(path, None) is not None:
+            log.info("file.readable_again", path=path)
+            self.state.unreadable = len(self._failing)
+        if result.restarted:
+            log.info("file.reread", path=path, reason=result.restarted)
+        if result.parsed.skipped:
+            log.warning(
+                "lines.skipped",
+                path=path,
+                count=sum(result.parsed.skipped.values()),
+                reasons=dict(result.parsed.skipped),
+            )
+        return result
+
+    async def _apply(self, batch: list[TailResult]) -> None:
+        outcome = await self.store.apply(batch)
+        self.lines += outcome.lines
+        self.skipped_lines += outcome.skipped
+        for result in batch:
+            if result.cursor is not None:
+                self.cursors[result.path] = result.cursor
+            self.state.bytes_read += result.bytes_read
+        self.state.files = len(self.cursors)
+        if outcome.changed:
+            for listener in self.listeners:
+                listener(outcome.changed)

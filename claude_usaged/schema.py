@@ -1,0 +1,116 @@
+"""The SQLite schema, as numbered migrations on `PRAGMA user_version`.
+
+`responses` holds one row per deduplicated API response (metadata and token
+counts only). Everything else is derived from it and rewritten in the same
+transaction as the responses and the file cursors that produced them.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: responses, cursors, aggregates
+    """
+    CREATE TABLE responses (
+        key TEXT PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        project TEXT NOT NULL,
+        is_sidechain INTEGER NOT NULL,
+        input INTEGER NOT NULL,
+        output INTEGER NOT NULL,
+        cache_creation INTEGER NOT NULL,
+        cache_creation_1h INTEGER NOT NULL,
+        cache_read INTEGER NOT NULL,
+        web_search INTEGER NOT NULL,
+        speed TEXT,
+        geo TEXT,
+        cost REAL,
+        counted INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE INDEX responses_message ON responses(message_id);
+    CREATE INDEX responses_ts ON responses(ts) WHERE counted = 1;
+    CREATE INDEX responses_session ON responses(session_id);
+    CREATE INDEX responses_project ON responses(project);
+
+    CREATE TABLE cursors (
+        path TEXT PRIMARY KEY,
+        dev INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        head_len INTEGER NOT NULL,
+        head_hash TEXT NOT NULL,
+        tail_hash TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL
+    );
+
+    CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+    CREATE TABLE agg_bucket (
+        bucket INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        entries INTEGER NOT NULL,
+        input INTEGER NOT NULL,
+        output INTEGER NOT NULL,
+        cache_creation INTEGER NOT NULL,
+        cache_read INTEGER NOT NULL,
+        cost REAL NOT NULL,
+        unpriced INTEGER NOT NULL,
+        PRIMARY KEY (bucket, model)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE agg_session (
+        session_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        project TEXT NOT NULL,
+        first_ts INTEGER NOT NULL,
+        last_ts INTEGER NOT NULL,
+        entries INTEGER NOT NULL,
+        input INTEGER NOT NULL,
+        output INTEGER NOT NULL,
+        cache_creation INTEGER NOT NULL,
+        cache_read INTEGER NOT NULL,
+        cost REAL NOT NULL,
+        unpriced INTEGER NOT NULL,
+        PRIMARY KEY (session_id, model)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE agg_project (
+        project TEXT NOT NULL,
+        model TEXT NOT NULL,
+        first_ts INTEGER NOT NULL,
+        last_ts INTEGER NOT NULL,
+        entries INTEGER NOT NULL,
+        input INTEGER NOT NULL,
+        output INTEGER NOT NULL,
+        cache_creation INTEGER NOT NULL,
+        cache_read INTEGER NOT NULL,
+        cost REAL NOT NULL,
+        unpriced INTEGER NOT NULL,
+        PRIMARY KEY (project, model)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE blocks (
+        start INTEGER PRIMARY KEY,
+        first_ts INTEGER NOT NULL,
+        last_ts INTEGER NOT NULL,
+        entries INTEGER NOT NULL,
+        input INTEGER NOT NULL,
+        output INTEGER NOT NULL,
+        cache_creation INTEGER NOT NULL,
+        cache_read INTEGER NOT NULL,
+        cost REAL NOT NULL,
+        unpriced INTEGER NOT NULL,
+        models TEXT NOT NULL
+    );
+    """,
+]
+
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA busy_timeout=5000",
+    "PRAGMA foreign_keys=ON",
+)

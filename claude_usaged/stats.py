@@ -1,0 +1,346 @@
+"""Read models over the aggregates: stats, blocks, days, sessions, projects.
+
+Reads go through their own read-only connection (WAL lets them run beside
+the writer). Everything here returns plain JSON-ready dicts; times are
+ISO-8601 UTC with `Z`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiosqlite
+
+from claude_usaged.usage import BUCKET_MS, WINDOW_MS
+
+TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens")
+
+
+def iso(ts_ms: int) -> str:
+    """Epoch ms -> `2025-09-03T00:47:21.540Z` (milliseconds only when not zero)."""
+    dt = datetime.fromtimestamp(ts_ms / 1000, UTC)
+    if ts_ms % 1000:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def human_remaining(seconds: int) -> str:
+    hours, rest = divmod(max(0, seconds), 3600)
+    return f"{hours}h {rest // 60}m remaining"
+
+
+@lru_cache(maxsize=65536)
+def _local_date(bucket: int, tz: ZoneInfo) -> date:
+    return datetime.fromtimestamp(bucket * BUCKET_MS / 1000, tz).date()
+
+
+def _day_start_ms(day: date, tz: ZoneInfo) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp() * 1000)
+
+
+@dataclass(slots=True)
+class Totals:
+    """Token sums, entries and cost of a group of responses."""
+
+    entries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cache_read_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced: int = 0
+    models: set[str] = field(default_factory=set)
+    unpriced_models: set[str] = field(default_factory=set)
+
+    def add(self, model: str, row: tuple[Any, ...]) -> None:
+        entries, inp, out, cc, cr, cost, unpriced = row
+        self.entries += entries
+        self.input_tokens += inp
+        self.output_tokens += out
+        self.cache_creation_tokens += cc
+        self.cache_read_tokens += cr
+        self.cost_usd += cost
+        self.unpriced += unpriced
+        self.models.add(model)
+        if unpriced:
+            self.unpriced_models.add(model)
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_creation_tokens
+            + self.cache_read_tokens
+        )
+
+    def to_json(self, with_models: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "entries": self.entries,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_creation_tokens": self.cache_creation_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "total_tokens": self.total_tokens,
+            "cost_usd": None if self.entries and self.unpriced == self.entries else self.cost_usd,
+        }
+        if with_models:
+            out["models"] = sorted(self.models)
+            out["unpriced_models"] = sorted(self.unpriced_models)
+        return out
+
+
+def _grouped(rows: list[tuple[Any, ...]]) -> dict[str, Totals]:
+    """Rows of (group, model, *sums) -> group -> Totals with per-model breakdowns."""
+    groups: dict[str, Totals] = {}
+    for group, model, *sums in rows:
+        groups.setdefault(group, Totals()).add(model, tuple(sums))
+    return groups
+
+
+def _breakdowns(rows: list[tuple[str, tuple[Any, ...]]]) -> list[dict[str, Any]]:
+    per_model: dict[str, Totals] = {}
+    for model, sums in rows:
+        per_model.setdefault(model, Totals()).add(model, sums)
+    return [
+        {"model": model, **t.to_json(with_models=False)} for model, t in sorted(per_model.items())
+    ]
+
+
+def block_json(row: tuple[Any, ...], now_ms: int) -> dict[str, Any]:
+    start, first, last, entries, inp, out, cc, cr, cost, unpriced, models = row
+    totals = Totals(entries, inp, out, cc, cr, cost, unpriced)
+    end = start + WINDOW_MS
+    active = now_ms - last < WINDOW_MS and now_ms < end
+    rate = projected = None
+    if active and last > first:
+        rate = totals.total_tokens / ((last - first) / 60_000)
+        projected = round(totals.total_tokens + rate * max(0, end - now_ms) / 60_000)
+    body = totals.to_json(with_models=False)
+    return {
+        "start": iso(start),
+        "end": iso(end),
+        "actual_end": iso(last),
+        "is_active": active,
+        **body,
+        "models": json.loads(models),
+        "burn_rate_tokens_per_minute": None if rate is None else round(rate, 3),
+        "projected_total_tokens": projected,
+    }
+
+
+class ReadModel:
+    """Answers the API's questions from the aggregate tables."""
+
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        default_tz: ZoneInfo,
+        generation: Callable[[], int],
+    ) -> None:
+        self._db = db
+        self.default_tz = default_tz
+        self._generation = generation
+        self._cache: dict[str, tuple[int, Any]] = {}
+
+    @classmethod
+    async def open(
+        cls, path: Path, default_tz: ZoneInfo, generation: Callable[[], int]
+    ) -> ReadModel:
+        db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+        await db.execute("PRAGMA busy_timeout=5000")
+        return cls(db, default_tz, generation)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        async with self._db.execute(sql, args) as cur:
+            return list(await cur.fetchall())  # type: ignore[arg-type]
+
+    async def _cached(self, name: str, compute: Callable[[], Any]) -> Any:
+        generation = self._generation()
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] == generation:
+            return hit[1]
+        value = await compute()
+        self._cache[name] = (generation, value)
+        return value
+
+    # -- blocks ----------------------------------------------------------------
+
+    async def blocks(
+        self, since_ms: int | None, until_ms: int | None, limit: int | None, now_ms: int
+    ) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM blocks WHERE start >= ? AND start < ? ORDER BY start"
+        args: tuple[Any, ...] = (since_ms or -(2**62), until_ms or 2**62)
+        if limit is not None:
+            # the newest `limit` blocks, still listed oldest first
+            sql = (
+                "SELECT * FROM (SELECT * FROM blocks WHERE start >= ? AND start < ? "
+                "ORDER BY start DESC LIMIT ?) ORDER BY start"
+            )
+            args = (*args, limit)
+        return [block_json(row, now_ms) for row in await self._all(sql, args)]
+
+    async def _last_block(self) -> tuple[Any, ...] | None:
+        async def compute() -> tuple[Any, ...] | None:
+            rows = await self._all("SELECT * FROM blocks ORDER BY start DESC LIMIT 1")
+            return rows[0] if rows else None
+
+        result: tuple[Any, ...] | None = await self._cached("last_block", compute)
+        return result
+
+    # -- days ------------------------------------------------------------------
+
+    async def daily(self, since: date | None, until: date | None, tz: ZoneInfo) -> dict[str, Any]:
+        where, args = "", []
+        if since is not None:
+            where += " AND bucket >= ?"
+            args.append(_day_start_ms(since, tz) // BUCKET_MS)
+        if until is not None:
+            where += " AND bucket < ?"
+            args.append(_day_start_ms(until + timedelta(days=1), tz) // BUCKET_MS)
+        rows = await self._all(
+            "SELECT bucket, model, entries, input, output, cache_creation, cache_read, cost, "
+            f"unpriced FROM agg_bucket WHERE 1 {where} ORDER BY bucket",
+            tuple(args),
+        )
+        per_day: dict[date, list[tuple[str, tuple[Any, ...]]]] = {}
+        for bucket, model, *sums in rows:
+            per_day.setdefault(_local_date(bucket, tz), []).append((model, tuple(sums)))
+        days = []
+        grand = Totals()
+        for day, items in sorted(per_day.items()):
+            totals = Totals()
+            for model, sums in items:
+                totals.add(model, sums)
+                grand.add(model, sums)
+            days.append(
+                {
+                    "date": day.isoformat(),
+                    **totals.to_json(),
+                    "model_breakdowns": _breakdowns(items),
+                }
+            )
+        return {"timezone": tz.key, "days": days, "totals": grand.to_json()}
+
+    async def today(self, now_ms: int) -> dict[str, Any]:
+        tz = self.default_tz
+        today = datetime.fromtimestamp(now_ms / 1000, tz).date()
+
+        async def compute() -> dict[str, Any]:
+            result = await self.daily(today, today, tz)
+            if result["days"]:
+                day: dict[str, Any] = result["days"][0]
+                return day
+            return {"date": today.isoformat(), **Totals().to_json(), "model_breakdowns": []}
+
+        value: dict[str, Any] = await self._cached(f"today:{today}", compute)
+        return value
+
+    # -- sessions and projects -------------------------------------------------
+
+    async def sessions(self, project: str | None = None) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT session_id, model, entries, input, output, cache_creation, cache_read, "
+            "cost, unpriced, project, first_ts, last_ts FROM agg_session"
+        )
+        args: tuple[Any, ...] = ()
+        if project is not None:
+            sql += " WHERE project = ?"
+            args = (project,)
+        return self._keyed(await self._all(sql, args), "session_id", with_project=True)
+
+    async def projects(self) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT project, model, entries, input, output, cache_creation, cache_read, cost, "
+            "unpriced, project, first_ts, last_ts FROM agg_project"
+        )
+        return self._keyed(rows, "project", with_project=False)
+
+    @staticmethod
+    def _keyed(rows: list[tuple[Any, ...]], name: str, with_project: bool) -> list[dict[str, Any]]:
+        groups: dict[str, list[tuple[Any, ...]]] = {}
+        for row in rows:
+            groups.setdefault(row[0], []).append(row)
+        out = []
+        for key, items in groups.items():
+            totals = Totals()
+            for row in items:
+                totals.add(row[1], row[2:9])
+            first = min(items, key=lambda r: r[10])
+            entry: dict[str, Any] = {name: key}
+            if with_project:
+                entry["project"] = first[9]
+            entry.update(
+                first_at=iso(first[10]),
+                last_at=iso(max(r[11] for r in items)),
+                **totals.to_json(),
+                model_breakdowns=_breakdowns([(r[1], r[2:9]) for r in items]),
+            )
+            out.append(entry)
+        out.sort(key=lambda e: (e["last_at"], e[name]), reverse=True)
+        return out
+
+    # -- the headline ------------------------------------------------------------
+
+    async def totals(self) -> dict[str, Any]:
+        async def compute() -> dict[str, Any]:
+            rows = await self._all(
+                "SELECT count(*), sum(entries), sum(input + output + cache_creation + cache_read),"
+                " total(cost) FROM blocks"
+            )
+            models = await self._all("SELECT DISTINCT model FROM agg_bucket WHERE unpriced > 0")
+            _, entries, tokens, cost = rows[0]
+            return {
+                "responses": entries or 0,
+                "total_tokens": tokens or 0,
+                "total_cost_usd": cost,
+                "unpriced_models": sorted(m for (m,) in models),
+            }
+
+        value: dict[str, Any] = await self._cached("totals", compute)
+        return value
+
+    async def stats(self, now_ms: int) -> dict[str, Any]:
+        totals = await self.totals()
+        last = await self._last_block()
+        current = None
+        if last is not None:
+            block = block_json(last, now_ms)
+            if block["is_active"]:
+                current = block
+        if current is not None:
+            reset_ms = last[0] + WINDOW_MS  # type: ignore[index]
+            seconds = max(0, (reset_ms - now_ms) // 1000)
+            window = {
+                "current_window_tokens": current["total_tokens"],
+                "next_reset_at": iso(reset_ms),
+                "time_until_reset_seconds": seconds,
+                "time_until_reset_human": human_remaining(seconds),
+                "is_within_active_window": True,
+            }
+        else:
+            window = {
+                "current_window_tokens": 0,
+                "next_reset_at": None,
+                "time_until_reset_seconds": 0,
+                "time_until_reset_human": "no active window",
+                "is_within_active_window": False,
+            }
+        return {
+            "total_tokens": totals["total_tokens"],
+            **window,
+            "total_cost_usd": totals["total_cost_usd"],
+            "unpriced_models": totals["unpriced_models"],
+            "current_window": current,
+            "today": await self.today(now_ms),
+        }

@@ -1,0 +1,451 @@
+"""The one SQLite writer: responses, cursors and aggregates in one transaction.
+
+Every batch of tailed files is applied by `Store.apply` in a single
+transaction: deduplicated responses, the derived aggregates that they change
+(15-minute buckets, sessions, projects, 5-hour blocks from the first affected
+position on) and the file cursors. A crash at any moment leaves either all of
+it or none of it, so a restart neither loses nor double-counts a response.
+
+A very large batch (the cold catch-up) marks the aggregates dirty instead of
+updating them row by row; `settle()` rebuilds them in one pass when the queue
+is empty, and a restart finishes that rebuild if a crash interrupted it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import structlog
+
+from claude_usaged.pricing import PriceTable
+from claude_usaged.schema import MIGRATIONS, PRAGMAS
+from claude_usaged.tailer import Cursor, TailResult
+from claude_usaged.usage import BUCKET_MS, UsageRecord
+from claude_usaged.windows import Block, build_blocks
+
+log = structlog.get_logger(__name__)
+
+BULK_THRESHOLD = 2000
+"""Batches with more new responses than this rebuild aggregates in one pass."""
+
+_IN_CHUNK = 500
+
+_TOTAL = "(input + output + cache_creation + cache_read)"
+
+_UPSERT = """
+INSERT INTO responses (key, message_id, ts, model, session_id, project, is_sidechain,
+    input, output, cache_creation, cache_creation_1h, cache_read, web_search, speed, geo,
+    cost, counted)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+ON CONFLICT(key) DO UPDATE SET
+    message_id = excluded.message_id, ts = excluded.ts, model = excluded.model,
+    session_id = excluded.session_id, project = excluded.project,
+    is_sidechain = excluded.is_sidechain, input = excluded.input, output = excluded.output,
+    cache_creation = excluded.cache_creation, cache_creation_1h = excluded.cache_creation_1h,
+    cache_read = excluded.cache_read, web_search = excluded.web_search,
+    speed = excluded.speed, geo = excluded.geo, cost = excluded.cost
+WHERE (excluded.input + excluded.output + excluded.cache_creation + excluded.cache_read)
+        > (responses.input + responses.output + responses.cache_creation + responses.cache_read)
+   OR ((excluded.input + excluded.output + excluded.cache_creation + excluded.cache_read)
+        = (responses.input + responses.output + responses.cache_creation
+           + responses.cache_read)
+       AND excluded.ts < responses.ts)
+"""
+
+# A sidechain response that shares its message.id with a non-sidechain one, or
+# with an earlier sidechain one, is a replay (FORMAT.md rule 3): not counted.
+_COUNTED = """
+UPDATE responses SET counted = CASE WHEN is_sidechain = 0 THEN 1 ELSE NOT EXISTS (
+    SELECT 1 FROM responses s
+    WHERE s.message_id = responses.message_id AND s.key <> responses.key
+      AND (s.is_sidechain = 0 OR s.ts < responses.ts
+           OR (s.ts = responses.ts AND s.key < responses.key))) END
+"""
+
+_SUMS = (
+    "count(*), sum(input), sum(output), sum(cache_creation), sum(cache_read), "
+    "total(cost), sum(cost IS NULL)"
+)
+
+_BUCKET_SQL = f"""
+INSERT INTO agg_bucket SELECT ts / {BUCKET_MS}, model, {_SUMS}
+FROM responses WHERE counted = 1 {{where}} GROUP BY 1, 2
+"""
+_SESSION_SQL = f"""
+INSERT INTO agg_session SELECT session_id, model, project, min(ts), max(ts), {_SUMS}
+FROM responses WHERE counted = 1 {{where}} GROUP BY session_id, model
+"""
+_PROJECT_SQL = f"""
+INSERT INTO agg_project SELECT project, model, min(ts), max(ts), {_SUMS}
+FROM responses WHERE counted = 1 {{where}} GROUP BY project, model
+"""
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or written; the message says why."""
+
+
+@dataclass(slots=True)
+class ApplyOutcome:
+    """What one `apply` changed."""
+
+    changed: list[UsageRecord]
+    lines: int
+    skipped: int
+
+
+def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _response_row(r: UsageRecord) -> tuple[Any, ...]:
+    return (
+        r.key,
+        r.message_id,
+        r.ts_ms,
+        r.model,
+        r.session_id,
+        r.project,
+        int(r.is_sidechain),
+        r.input_tokens,
+        r.output_tokens,
+        r.cache_creation_tokens,
+        r.cache_creation_1h_tokens,
+        r.cache_read_tokens,
+        r.web_search_requests,
+        r.speed,
+        r.inference_geo,
+        r.cost_usd,
+    )
+
+
+def _cursor_row(c: Cursor) -> tuple[Any, ...]:
+    return (
+        c.path,
+        c.dev,
+        c.ino,
+        c.offset,
+        c.head_len,
+        c.head_hash,
+        c.tail_hash,
+        c.size,
+        c.mtime_ns,
+    )
+
+
+def dedupe(records: Iterable[UsageRecord]) -> dict[str, UsageRecord]:
+    """One record per key: the line with the largest total (earliest on a tie)."""
+    best: dict[str, UsageRecord] = {}
+    for rec in records:
+        old = best.get(rec.key)
+        if old is None or rec.beats(old):
+            best[rec.key] = rec
+    return best
+
+
+def create_private_file(path: Path) -> None:
+    """Create the database file (and its folder) readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+class Store:
+    """The single writer. Use `await Store.open(...)`."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path, prices: PriceTable) -> None:
+        self._db = db
+        self.path = path
+        self.prices = prices
+        self.generation = 0
+        """Bumped after every commit that changed usage; read models cache on it."""
+
+    @classmethod
+    async def open(cls, path: Path, prices: PriceTable) -> Store:
+        try:
+            create_private_file(path)
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, aiosqlite.Error) as exc:
+            raise StoreError(f"cannot open database {path}: {exc}") from exc
+        store = cls(db, path, prices)
+        try:
+            await store._migrate()
+            await store._recover()
+        except aiosqlite.Error as exc:
+            await db.close()
+            raise StoreError(f"cannot use database {path}: {exc}") from exc
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        for pragma in PRAGMAS:
+            await self._db.execute(pragma)
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await self._db.executescript(
+                f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
+            )
+            log.info("store.migrated", version=number)
+
+    async def _meta(self, name: str) -> str | None:
+        async with self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def _set_meta(self, name: str, value: str) -> None:
+        await self._db.execute(
+            "INSERT INTO meta(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    async def _recover(self) -> None:
+        """Finish an interrupted rebuild and reprice if the price table changed."""
+        if await self._meta("prices") != self.prices.fingerprint:
+            await self.reprice()
+        elif await self._meta("dirty") == "1":
+            await self.settle()
+
+    async def load_cursors(self) -> dict[str, Cursor]:
+        async with self._db.execute(
+            "SELECT path, dev, ino, offset, head_len, head_hash, tail_hash, size, mtime_ns "
+            "FROM cursors"
+        ) as cur:
+            return {row[0]: Cursor(*row) for row in await cur.fetchall()}
+
+    async def counters(self) -> dict[str, int]:
+        async with self._db.execute(
+            "SELECT name, value FROM meta WHERE name IN ('lines', 'skipped_lines')"
+        ) as cur:
+            return {name: int(value) for name, value in await cur.fetchall()}
+
+    # -- writing ---------------------------------------------------------------
+
+    async def apply(self, results: Sequence[TailResult]) -> ApplyOutcome:
+        """Store a batch of tailed files and their cursors in one transaction."""
+        best = dedupe(rec for res in results for rec in res.parsed.records)
+        cost = self.prices.cost
+        for rec in best.values():
+            rec.cost_usd = cost(rec)
+        lines = sum(res.parsed.lines for res in results)
+        skipped = sum(sum(res.parsed.skipped.values()) for res in results)
+        cursors = [_cursor_row(res.cursor) for res in results if res.cursor is not None]
+        db = self._db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            if len(best) > BULK_THRESHOLD or await self._meta("dirty") == "1":
+                changed = list(best.values())
+                await db.executemany(_UPSERT, [_response_row(r) for r in changed])
+                await self._set_meta("dirty", "1")
+            else:
+                changed = await self._apply_incremental(best)
+            await db.executemany(
+                "INSERT OR REPLACE INTO cursors VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", cursors
+            )
+            await self._bump_counter("lines", lines)
+            await self._bump_counter("skipped_lines", skipped)
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        if changed or lines:
+            self.generation += 1
+        return ApplyOutcome(changed=changed, lines=lines, skipped=skipped)
+
+    async def _bump_counter(self, name: str, delta: int) -> None:
+        if delta:
+            await self._db.execute(
+                "INSERT INTO meta(name, value) VALUES (?, ?) ON CONFLICT(name) "
+                "DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value",
+                (name, str(delta)),
+            )
+
+    async def _apply_incremental(self, best: dict[str, UsageRecord]) -> list[UsageRecord]:
+        db = self._db
+        existing: dict[str, tuple[int, str, str, int]] = {}
+        keys = list(best)
+        for part in _chunks(keys):
+            async with db.execute(
+                f"SELECT key, ts, session_id, project, {_TOTAL} FROM responses "
+                f"WHERE key IN ({_marks(len(part))})",
+                part,
+            ) as cur:
+                for key, ts, session, project, total in await cur.fetchall():
+                    existing[key] = (ts, session, project, total)
+        changed: list[UsageRecord] = []
+        touched_ts: set[int] = set()
+        sessions: set[str] = set()
+        projects: set[str] = set()
+        for key, rec in best.items():
+            old = existing.get(key)
+            if old is not None:
+                old_ts, old_session, old_project, old_total = old
+                if rec.total_tokens < old_total or (
+                    rec.total_tokens == old_total and rec.ts_ms >= old_ts
+                ):
+                    continue
+                touched_ts.add(old_ts)
+                sessions.add(old_session)
+                projects.add(old_project)
+            changed.append(rec)
+            touched_ts.add(rec.ts_ms)
+            sessions.add(rec.session_id)
+            projects.add(rec.project)
+        if not changed:
+            return changed
+        message_ids = sorted({rec.message_id for rec in changed})
+        for part in _chunks(message_ids):
+            # The group's rows before the change: a replay whose counted flag
+            # flips must leave (or join) its aggregates too.
+            async with db.execute(
+                f"SELECT ts, session_id, project FROM responses "
+                f"WHERE message_id IN ({_marks(len(part))})",
+                part,
+            ) as cur:
+                for ts, session, project in await cur.fetchall():
+                    touched_ts.add(ts)
+                    sessions.add(session)
+                    projects.add(project)
+        await db.executemany(_UPSERT, [_response_row(r) for r in changed])
+        for part in _chunks(message_ids):
+            await db.execute(f"{_COUNTED} WHERE message_id IN ({_marks(len(part))})", part)
+        await self._rebuild_buckets(sorted({ts // BUCKET_MS for ts in touched_ts}))
+        await self._rebuild_keyed("agg_session", "session_id", _SESSION_SQL, sorted(sessions))
+        await self._rebuild_keyed("agg_project", "project", _PROJECT_SQL, sorted(projects))
+        await self._rebuild_blocks_from(min(touched_ts))
+        return changed
+
+    async def _rebuild_buckets(self, buckets: list[int]) -> None:
+        for bucket in buckets:
+            await self._db.execute("DELETE FROM agg_bucket WHERE bucket = ?", (bucket,))
+            await self._db.execute(
+                _BUCKET_SQL.format(where="AND ts >= ? AND ts < ?"),
+                (bucket * BUCKET_MS, (bucket + 1) * BUCKET_MS),
+            )
+
+    async def _rebuild_keyed(self, table: str, column: str, sql: str, keys: list[str]) -> None:
+        for part in _chunks(keys):
+            marks = _marks(len(part))
+            await self._db.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", part)
+            await self._db.execute(sql.format(where=f"AND {column} IN ({marks})"), part)
+
+    async def _rebuild_blocks_from(self, ts_ms: int | None) -> None:
+        """Recompute blocks from the one holding the last response before `ts_ms`."""
+        db = self._db
+        since: int | None = None
+        if ts_ms is not None:
+            async with db.execute(
+                "SELECT max(ts) FROM responses WHERE counted = 1 AND ts < ?", (ts_ms,)
+            ) as cur:
+                row = await cur.fetchone()
+            prev = row[0] if row else None
+            if prev is not None:
+                async with db.execute(
+                    "SELECT max(first_ts) FROM blocks WHERE first_ts <= ?", (prev,)
+                ) as cur:
+                    row = await cur.fetchone()
+                since = row[0] if row else None
+        if since is None:
+            await db.execute("DELETE FROM blocks")
+            query, args = (
+                "SELECT ts, model, input, output, cache_creation, cache_read, cost "
+                "FROM responses WHERE counted = 1 ORDER BY ts",
+                (),
+            )
+        else:
+            await db.execute("DELETE FROM blocks WHERE first_ts >= ?", (since,))
+            query = (
+                "SELECT ts, model, input, output, cache_creation, cache_read, cost "
+                "FROM responses WHERE counted = 1 AND ts >= ? ORDER BY ts"
+            )
+            args = (since,)
+        async with db.execute(query, args) as cur:
+            rows = await cur.fetchall()
+        blocks = build_blocks(rows)  # type: ignore[arg-type]
+        await db.executemany(
+            "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [_block_row(b) for b in blocks],
+        )
+
+    async def settle(self) -> bool:
+        """Rebuild every aggregate if a bulk batch left them dirty; True if it did."""
+        if await self._meta("dirty") != "1":
+            return False
+        db = self._db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._rebuild_all()
+            await self._set_meta("dirty", "0")
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        self.generation += 1
+        return True
+
+    async def _rebuild_all(self) -> None:
+        db = self._db
+        await db.execute(_COUNTED)
+        for table in ("agg_bucket", "agg_session", "agg_project"):
+            await db.execute(f"DELETE FROM {table}")
+        for sql in (_BUCKET_SQL, _SESSION_SQL, _PROJECT_SQL):
+            await db.execute(sql.format(where=""))
+        await self._rebuild_blocks_from(None)
+
+    async def reprice(self) -> None:
+        """Recompute every response's cost with the current price table."""
+        db = self._db
+        async with db.execute(
+            "SELECT key, message_id, ts, model, session_id, project, is_sidechain, input, "
+            "output, cache_creation, cache_creation_1h, cache_read, web_search, speed, geo "
+            "FROM responses"
+        ) as cur:
+            rows = await cur.fetchall()
+        updates = []
+        for row in rows:
+            rec = UsageRecord(*row[:6], bool(row[6]), *row[7:])
+            updates.append((self.prices.cost(rec), rec.key))
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.executemany("UPDATE responses SET cost = ? WHERE key = ?", updates)
+            await self._rebuild_all()
+            await self._set_meta("prices", self.prices.fingerprint)
+            await self._set_meta("dirty", "0")
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        if rows:
+            log.info("store.repriced", responses=len(rows))
+        self.generation += 1
+
+
+def _block_row(b: Block) -> tuple[Any, ...]:
+    return (
+        b.start_ms,
+        b.first_ms,
+        b.last_ms,
+        b.entries,
+        b.input_tokens,
+        b.output_tokens,
+        b.cache_creation_tokens,
+        b.cache_read_tokens,
+        b.cost_usd,
+        b.unpriced,
+        json.dumps(sorted(b.models)),
+    )

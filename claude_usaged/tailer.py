@@ -1,0 +1,189 @@
+"""Read the complete new lines of one transcript since its cursor.
+
+A cursor names the file by device, inode and a fingerprint of its first bytes
+and of the bytes just before the offset. When any of them no longer match (the
+file was truncated, rewritten, or replaced by a rename) the file is read again
+from byte 0; global deduplication makes that safe. Only `\\n`-terminated lines
+are consumed: a partial last line stays in the file for the next read.
+
+Everything here is synchronous and picklable, so it runs in a thread or in a
+worker process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from claude_usaged.parser import ParseResult, _Interner, parse_lines
+
+HEAD_BYTES = 1024
+TAIL_BYTES = 32
+CHUNK_BYTES = 4 << 20
+MAX_LINE_BYTES = 32 << 20
+"""A line longer than this is skipped (logged and counted), never buffered whole."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where reading a file stopped, and how to recognise the same file again."""
+
+    path: str
+    dev: int
+    ino: int
+    offset: int
+    head_len: int
+    head_hash: str
+    tail_hash: str
+    size: int = 0
+    mtime_ns: int = 0
+
+
+@dataclass(slots=True)
+class TailResult:
+    """New records of one file and the cursor to store with them."""
+
+    path: str
+    cursor: Cursor | None
+    parsed: ParseResult = field(default_factory=ParseResult)
+    bytes_read: int = 0
+    restarted: str | None = None
+    """Why the file was read from 0 although a cursor existed, if it was."""
+    long_lines: int = 0
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+def _pread(fd: int, length: int, offset: int) -> bytes:
+    return os.pread(fd, length, offset) if length > 0 else b""
+
+
+def _restart_reason(fd: int, st: os.stat_result, cursor: Cursor) -> str | None:
+    if (st.st_dev, st.st_ino) != (cursor.dev, cursor.ino):
+        return "replaced"
+    if st.st_size < cursor.offset:
+        return "truncated"
+    if _digest(_pread(fd, cursor.head_len, 0)) != cursor.head_hash:
+        return "rewritten"
+    tail_start = max(0, cursor.offset - TAIL_BYTES)
+    if _digest(_pread(fd, cursor.offset - tail_start, tail_start)) != cursor.tail_hash:
+        return "rewritten"
+    return None
+
+
+def _fallbacks(path: str) -> tuple[str, str]:
+    """Session id and project to use when a line lacks `sessionId` / `cwd`."""
+    p = Path(path)
+    parts = p.parts
+    if "subagents" in parts:
+        i = len(parts) - 1 - parts[::-1].index("subagents")
+        return parts[i - 1], parts[i - 2] if i >= 2 else p.parent.name
+    return p.stem, p.parent.name
+
+
+def read_new(
+    path: str,
+    cursor: Cursor | None,
+    intern: _Interner | None = None,
+    max_line: int = MAX_LINE_BYTES,
+) -> TailResult:
+    """Read and parse the complete lines added since `cursor`.
+
+    Raises OSError (vanished, permission denied): the caller logs and retries.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        start = 0
+        restarted = None
+        if cursor is not None:
+            restarted = _restart_reason(fd, st, cursor)
+            start = 0 if restarted else cursor.offset
+        result = TailResult(path=path, cursor=cursor, restarted=restarted)
+        if cursor is not None and not restarted and st.st_size == start:
+            if (cursor.size, cursor.mtime_ns) != (st.st_size, st.st_mtime_ns):
+                result.cursor = _replace_stat(cursor, st)
+            return result
+        session, project = _fallbacks(path)
+        offset = _consume(fd, start, result, session, project, intern, max_line)
+        head = _pread(fd, min(HEAD_BYTES, offset), 0)
+        tail_start = max(0, offset - TAIL_BYTES)
+        result.cursor = Cursor(
+            path=path,
+            dev=st.st_dev,
+            ino=st.st_ino,
+            offset=offset,
+            head_len=len(head),
+            head_hash=_digest(head),
+            tail_hash=_digest(_pread(fd, offset - tail_start, tail_start)),
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+        )
+        return result
+    finally:
+        os.close(fd)
+
+
+def _replace_stat(cursor: Cursor, st: os.stat_result) -> Cursor:
+    return Cursor(
+        path=cursor.path,
+        dev=cursor.dev,
+        ino=cursor.ino,
+        offset=cursor.offset,
+        head_len=cursor.head_len,
+        head_hash=cursor.head_hash,
+        tail_hash=cursor.tail_hash,
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+    )
+
+
+def _consume(
+    fd: int,
+    start: int,
+    result: TailResult,
+    session: str,
+    project: str,
+    intern: _Interner | None,
+    max_line: int,
+) -> int:
+    """Parse complete lines from `start`; return the offset after the last one."""
+    pos = start
+    carry = b""
+    skipping = False  # inside a line longer than max_line: drop bytes to its \n
+    committed = start
+    while True:
+        chunk = _pread(fd, CHUNK_BYTES, pos)
+        if not chunk:
+            break
+        pos += len(chunk)
+        result.bytes_read += len(chunk)
+        if skipping:
+            nl = chunk.find(b"\n")
+            if nl == -1:
+                continue
+            skipping = False
+            result.long_lines += 1
+            result.parsed.lines += 1
+            result.parsed.skipped["line_too_long"] += 1
+            chunk = chunk[nl + 1 :]
+            committed = pos - len(chunk)
+        last_nl = chunk.rfind(b"\n")
+        if last_nl == -1:
+            carry += chunk
+            if len(carry) > max_line:
+                carry = b""
+                skipping = True
+            continue
+        buf = carry + chunk[: last_nl + 1] if carry else chunk[: last_nl + 1]
+        carry = chunk[last_nl + 1 :]
+        result.parsed.merge(parse_lines(buf, session, project, intern))
+        committed = pos - len(carry)
+        if len(carry) > max_line:
+            carry = b""
+            skipping = True
+    return committed

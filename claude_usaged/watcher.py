@@ -1,0 +1,168 @@
+"""watchdog's observer thread -> an async iterator of batched sets of changed paths.
+
+Each root's `projects/` tree is watched recursively. A root that does not
+exist yet is waited for by watching its nearest existing ancestor (not
+recursively), and picked up as soon as it appears. Events are debounced into
+sets; a `None` in the stream means "something may have been missed, rescan".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import structlog
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+
+log = structlog.get_logger(__name__)
+
+RESCAN = "<rescan>"
+"""Put in a batch when whole directories appeared: the ingest rescans them."""
+
+
+def _as_str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: Watcher) -> None:
+        self._watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        paths = [_as_str(event.src_path)]
+        if getattr(event, "dest_path", ""):
+            paths.append(_as_str(event.dest_path))
+        if isinstance(event, DirCreatedEvent | DirMovedEvent):
+            self._watcher.push({RESCAN})
+            return
+        wanted = {p for p in paths if p.endswith(".jsonl")}
+        if wanted:
+            self._watcher.push(wanted)
+
+
+class _RootHandler(FileSystemEventHandler):
+    """Watches an ancestor of a missing root; any change there re-checks the roots."""
+
+    def __init__(self, watcher: Watcher) -> None:
+        self._watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write", "closed"):
+            return
+        self._watcher.schedule_roots()
+
+
+class Watcher:
+    """Owns the observer; `batches()` yields debounced sets of changed paths."""
+
+    def __init__(self, roots: Sequence[Path], debounce: float = 0.05) -> None:
+        self.roots = list(roots)
+        self.debounce = debounce
+        self._observer: BaseObserver | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[set[str]] = asyncio.Queue()
+        self._lock = threading.Lock()
+        self._watches: dict[str, ObservedWatch] = {}
+        self.error: str | None = None
+
+    @property
+    def state(self) -> str:
+        if self.error:
+            return "error"
+        if self._observer is None:
+            return "stopped"
+        return "running" if self._observer.is_alive() else "stopped"
+
+    @property
+    def watched(self) -> list[str]:
+        return sorted(self._watches)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._observer = Observer()
+        self._observer.start()
+        self.schedule_roots()
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=2)
+
+    def push(self, paths: set[str]) -> None:
+        """Called from the observer thread."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, paths)
+
+    def schedule_roots(self) -> None:
+        """Watch every existing `projects/` tree; wait for the missing ones."""
+        observer = self._observer
+        if observer is None:
+            return
+        appeared = False
+        with self._lock:
+            for root in self.roots:
+                projects = root / "projects"
+                if projects.is_dir():
+                    key = str(projects)
+                    if key not in self._watches:
+                        appeared = True
+                        self._watch(observer, key, _Handler(self), recursive=True)
+                        self._unwatch_waiting(projects)
+                    continue
+                anchor = projects
+                while not anchor.exists() and anchor != anchor.parent:
+                    anchor = anchor.parent
+                key = f"wait:{anchor}"
+                if anchor.is_dir() and key not in self._watches:
+                    self._watch(observer, key, _RootHandler(self), recursive=False, path=anchor)
+        if appeared:
+            self.push({RESCAN})
+
+    def _watch(
+        self,
+        observer: BaseObserver,
+        key: str,
+        handler: FileSystemEventHandler,
+        recursive: bool,
+        path: Path | None = None,
+    ) -> None:
+        target = str(path) if path is not None else key
+        try:
+            self._watches[key] = observer.schedule(handler, target, recursive=recursive)
+            log.info("watch.added", path=target, recursive=recursive)
+        except OSError as exc:
+            self.error = f"{target}: {exc}"
+            log.warning("watch.failed", path=target, error=str(exc))
+
+    def _unwatch_waiting(self, projects: Path) -> None:
+        for key in [k for k in self._watches if k.startswith("wait:")]:
+            anchor = Path(key[5:])
+            if projects.is_relative_to(anchor) and not any(
+                (r / "projects").is_relative_to(anchor) and not (r / "projects").is_dir()
+                for r in self.roots
+            ):
+                watch = self._watches.pop(key)
+                if self._observer is not None:
+                    with contextlib.suppress(KeyError, OSError):
+                        self._observer.unschedule(watch)
+
+    async def batches(self) -> AsyncIterator[set[str]]:
+        """Debounced sets of changed `.jsonl` paths (and RESCAN markers)."""
+        while True:
+            batch = set(await self._queue.get())
+            await asyncio.sleep(self.debounce)
+            while not self._queue.empty():
+                batch |= self._queue.get_nowait()
+            yield batch

@@ -1,0 +1,80 @@
+"""5-hour block arithmetic, exactly as FORMAT.md (and ccusage) define it. Pure.
+
+Responses sorted by time; the first opens a block starting at its time floored
+to the UTC hour, ending 5 h later. A response opens a new block when it is more
+than 5 h after the block's start or more than 5 h after the previous response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from claude_usaged.usage import HOUR_MS, WINDOW_MS
+
+
+@dataclass(slots=True)
+class Block:
+    """One 5-hour block and its totals (cost over priced responses only)."""
+
+    start_ms: int
+    first_ms: int
+    last_ms: int
+    entries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cache_read_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced: int = 0
+    models: set[str] = field(default_factory=set)
+
+    @property
+    def end_ms(self) -> int:
+        return self.start_ms + WINDOW_MS
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_creation_tokens
+            + self.cache_read_tokens
+        )
+
+    def is_active(self, now_ms: int) -> bool:
+        return now_ms - self.last_ms < WINDOW_MS and now_ms < self.end_ms
+
+
+def floor_hour(ts_ms: int) -> int:
+    return ts_ms - ts_ms % HOUR_MS
+
+
+def opens_new_block(block: Block, ts_ms: int) -> bool:
+    return ts_ms - block.start_ms > WINDOW_MS or ts_ms - block.last_ms > WINDOW_MS
+
+
+BlockRow = tuple[int, str, int, int, int, int, float | None]
+"""(ts_ms, model, input, output, cache_creation, cache_read, cost_usd)."""
+
+
+def build_blocks(rows: Iterable[BlockRow], previous: Block | None = None) -> list[Block]:
+    """Blocks for time-sorted rows; rows may continue `previous` (which is mutated)."""
+    blocks: list[Block] = []
+    current = previous
+    for ts, model, inp, out, cc, cr, cost in rows:
+        if current is None or opens_new_block(current, ts):
+            current = Block(start_ms=floor_hour(ts), first_ms=ts, last_ms=ts)
+            blocks.append(current)
+        current.last_ms = ts
+        current.entries += 1
+        current.input_tokens += inp
+        current.output_tokens += out
+        current.cache_creation_tokens += cc
+        current.cache_read_tokens += cr
+        if cost is None:
+            current.unpriced += 1
+        else:
+            current.cost_usd += cost
+        current.models.add(model)
+    return blocks
