@@ -9,10 +9,12 @@ is skipped by the decoder and never reaches a Python object.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from typing import Annotated
 
 import msgspec
 
@@ -21,20 +23,24 @@ from claude_usaged.usage import UsageRecord
 SYNTHETIC_MODEL = "<synthetic>"
 
 
+Count = Annotated[int, msgspec.Meta(ge=0)]
+"""A token count: negative numbers make the line invalid rather than subtract."""
+
+
 class _CacheCreation(msgspec.Struct):
-    ephemeral_5m_input_tokens: int | None = None
-    ephemeral_1h_input_tokens: int | None = None
+    ephemeral_5m_input_tokens: Count | None = None
+    ephemeral_1h_input_tokens: Count | None = None
 
 
 class _ServerToolUse(msgspec.Struct):
-    web_search_requests: int | None = None
+    web_search_requests: Count | None = None
 
 
 class _Usage(msgspec.Struct):
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_creation_input_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
+    input_tokens: Count | None = None
+    output_tokens: Count | None = None
+    cache_creation_input_tokens: Count | None = None
+    cache_read_input_tokens: Count | None = None
     cache_creation: _CacheCreation | None = None
     server_tool_use: _ServerToolUse | None = None
     speed: str | None = None
@@ -57,7 +63,7 @@ class _Line(msgspec.Struct):
     message: _Message | None = None
 
 
-_decoder = msgspec.json.Decoder(_Line, strict=False)
+_decoder = msgspec.json.Decoder(_Line)
 
 
 @dataclass(slots=True)
@@ -98,10 +104,6 @@ def parse_timestamp_ms(value: str) -> int:
     return round(parsed.timestamp() * 1000)
 
 
-def _count(value: int | None) -> int:
-    return value if value is not None and value > 0 else 0
-
-
 class _Interner:
     """Keeps one copy of repeated strings (models, sessions, projects)."""
 
@@ -113,76 +115,88 @@ class _Interner:
 
 
 def record_from_line(
-    line: bytes, fallback_session: str, fallback_project: str, intern: _Interner | None = None
+    line: bytes | memoryview,
+    fallback_session: str,
+    fallback_project: str,
+    intern: _Interner | None = None,
 ) -> UsageRecord | str | None:
     """One line -> a record, a skip reason (malformed input), or None (not a response)."""
     try:
         obj = _decoder.decode(line)
-    except msgspec.DecodeError as exc:
-        return "invalid_json" if "JSON" in str(exc) or "truncated" in str(exc) else "invalid_fields"
-    if obj.type != "assistant" or obj.message is None or obj.message.usage is None:
-        return None
+    except msgspec.ValidationError:
+        return "invalid_fields"
+    except msgspec.DecodeError:
+        return "invalid_json"
     message = obj.message
+    if obj.type != "assistant" or message is None:
+        return None
+    usage = message.usage
+    if usage is None:
+        return None
     model = message.model or "unknown"
     if model == SYNTHETIC_MODEL:
         return None
-    if not obj.timestamp:
+    stamp = obj.timestamp
+    if not stamp:
         return "missing_timestamp"
     try:
-        ts_ms = parse_timestamp_ms(obj.timestamp)
+        ts_ms = parse_timestamp_ms(stamp)
     except ValueError:
         return "bad_timestamp"
-    usage = message.usage
     session_id = obj.sessionId or fallback_session
-    split_5m = split_1h = 0
-    if usage.cache_creation is not None:
-        split_5m = _count(usage.cache_creation.ephemeral_5m_input_tokens)
-        split_1h = _count(usage.cache_creation.ephemeral_1h_input_tokens)
-    cache_creation = max(_count(usage.cache_creation_input_tokens), split_5m + split_1h)
-    if message.id:
-        message_id = message.id
-        key = f"{message.id}:{obj.requestId}" if obj.requestId else f"{session_id}:{message.id}"
+    split_1h = 0
+    cache_creation = usage.cache_creation_input_tokens or 0
+    split = usage.cache_creation
+    if split is not None:
+        split_1h = split.ephemeral_1h_input_tokens or 0
+        cache_creation = max(cache_creation, (split.ephemeral_5m_input_tokens or 0) + split_1h)
+    message_id = message.id
+    if message_id:
+        request_id = obj.requestId
+        key = f"{message_id}:{request_id}" if request_id else f"{session_id}:{message_id}"
     else:
         # No id to deduplicate by: the line's own bytes identify it, so a
         # copy of it elsewhere (or a re-read) still counts once.
         key = message_id = "line:" + hashlib.blake2b(line, digest_size=16).hexdigest()
-    web_search = 0
-    if usage.server_tool_use is not None:
-        web_search = _count(usage.server_tool_use.web_search_requests)
-    keep = intern or (lambda s: s)
+    tool_use = usage.server_tool_use
+    keep = intern or _identity
     return UsageRecord(
-        key=key,
-        message_id=message_id,
-        ts_ms=ts_ms,
-        model=keep(model),
-        session_id=keep(session_id),
-        project=keep(obj.cwd or fallback_project),
-        is_sidechain=bool(obj.isSidechain),
-        input_tokens=_count(usage.input_tokens),
-        output_tokens=_count(usage.output_tokens),
-        cache_creation_tokens=cache_creation,
-        cache_creation_1h_tokens=min(split_1h, cache_creation),
-        cache_read_tokens=_count(usage.cache_read_input_tokens),
-        web_search_requests=web_search,
-        speed=keep(usage.speed) if usage.speed else None,
-        inference_geo=keep(usage.inference_geo) if usage.inference_geo else None,
+        key,
+        message_id,
+        ts_ms,
+        keep(model),
+        keep(session_id),
+        keep(obj.cwd or fallback_project),
+        bool(obj.isSidechain),
+        usage.input_tokens or 0,
+        usage.output_tokens or 0,
+        cache_creation,
+        min(split_1h, cache_creation),
+        usage.cache_read_input_tokens or 0,
+        (tool_use.web_search_requests or 0) if tool_use is not None else 0,
+        keep(usage.speed) if usage.speed else None,
+        keep(usage.inference_geo) if usage.inference_geo else None,
     )
 
 
+def _identity(value: str) -> str:
+    return value
+
+
+_BAD_START = re.compile(rb"\n[^{\n\r]")
+
+
 def _bad_line_count(buf: bytes) -> int:
-    """Lines that are neither blank nor shaped like `{...}`; 0 on the fast path."""
-    lines = buf.count(b"\n")
-    starts = buf.count(b"\n{") + (1 if buf[:1] == b"{" else 0)
-    if buf.endswith(b"\n{"):
-        starts -= 1  # cannot happen for a buffer ending in \n; kept for safety
-    ends = buf.count(b"}\n")
-    if starts == lines and ends == lines:
-        return 0
-    bad = 0
-    for raw in buf.split(b"\n")[:-1] if buf.endswith(b"\n") else buf.split(b"\n"):
-        stripped = raw.strip()
-        if stripped and not (stripped[:1] == b"{" and stripped[-1:] == b"}"):
-            bad += 1
+    """Lines that start with anything but `{` (blank lines are fine).
+
+    A regex with a literal first byte runs at memory speed; a full check of
+    every line would cost more than the rest of the parse. Lines that could
+    count are decoded anyway, so a malformed one among them is still caught.
+    """
+    bad = len(_BAD_START.findall(buf))
+    first = buf[:1]
+    if first not in (b"{", b"\n", b"\r", b""):
+        bad += 1
     return bad
 
 
@@ -199,26 +213,24 @@ def parse_lines(
     if bad:
         result.skipped["malformed_line"] += bad
     find = buf.find
+    view = memoryview(buf)
+    records = result.records
+    skipped = result.skipped
     pos = find(b'"usage"')
     while pos != -1:
         start = buf.rfind(b"\n", 0, pos) + 1
         end = find(b"\n", pos)
         if end == -1:
             end = len(buf)
-        line = buf[start:end]
         pos = find(b'"usage"', end)
-        if b'"assistant"' not in line:
-            continue
-        head = line.lstrip()
-        if head[:1] != b"{" or line.rstrip()[-1:] != b"}":
-            continue  # already counted by _bad_line_count
-        outcome = record_from_line(line, fallback_session, fallback_project, intern)
+        outcome = record_from_line(view[start:end], fallback_session, fallback_project, intern)
         if outcome is None:
             continue
         if isinstance(outcome, str):
-            result.skipped[outcome] += 1
+            if buf[start : start + 1] == b"{":  # other starts were counted already
+                skipped[outcome] += 1
         else:
-            result.records.append(outcome)
+            records.append(outcome)
     return result
 
 

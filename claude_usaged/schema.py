@@ -33,6 +33,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX responses_ts ON responses(ts) WHERE counted = 1;
     CREATE INDEX responses_session ON responses(session_id);
     CREATE INDEX responses_project ON responses(project);
+    CREATE INDEX responses_sidechain ON responses(message_id) WHERE is_sidechain = 1;
+    CREATE INDEX responses_uncounted ON responses(key) WHERE counted = 0;
 
     CREATE TABLE cursors (
         path TEXT PRIMARY KEY,

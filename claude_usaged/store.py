@@ -23,6 +23,7 @@ from typing import Any
 import aiosqlite
 import structlog
 
+from claude_usaged.aggregates import aggregate
 from claude_usaged.pricing import PriceTable
 from claude_usaged.schema import MIGRATIONS, PRAGMAS
 from claude_usaged.tailer import Cursor, TailResult
@@ -400,12 +401,26 @@ class Store:
 
     async def _rebuild_all(self) -> None:
         db = self._db
-        await db.execute(_COUNTED)
-        for table in ("agg_bucket", "agg_session", "agg_project"):
+        # non-sidechain rows are always counted: only the others can change
+        await db.execute("UPDATE responses SET counted = 1 WHERE counted = 0 AND is_sidechain = 0")
+        await db.execute(f"{_COUNTED} WHERE is_sidechain = 1")
+        async with db.execute(
+            "SELECT ts, model, session_id, project, input, output, cache_creation, cache_read, "
+            "cost FROM responses NOT INDEXED WHERE counted = 1"
+        ) as cur:
+            rows = await cur.fetchall()
+        agg = aggregate(rows)  # type: ignore[arg-type]
+        for table in ("agg_bucket", "agg_session", "agg_project", "blocks"):
             await db.execute(f"DELETE FROM {table}")
-        for sql in (_BUCKET_SQL, _SESSION_SQL, _PROJECT_SQL):
-            await db.execute(sql.format(where=""))
-        await self._rebuild_blocks_from(None)
+        await db.executemany("INSERT INTO agg_bucket VALUES (?,?,?,?,?,?,?,?,?)", agg.buckets)
+        await db.executemany(
+            "INSERT INTO agg_session VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", agg.sessions
+        )
+        await db.executemany("INSERT INTO agg_project VALUES (?,?,?,?,?,?,?,?,?,?,?)", agg.projects)
+        await db.executemany(
+            "INSERT INTO blocks VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [_block_row(b) for b in agg.blocks],
+        )
 
     async def reprice(self) -> None:
         """Recompute every response's cost with the current price table."""

@@ -1,0 +1,166 @@
+"""Shared fixtures: transcript line builders and a real daemon on a temp dir."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+
+from claude_usaged.daemon import Daemon
+from claude_usaged.settings import load_settings
+
+REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-sample"
+
+
+def assistant(
+    msg_id: str | None,
+    req_id: str | None,
+    ts: str,
+    *,
+    model: str = "claude-sonnet-4-5-20250929",
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cache_creation: int = 0,
+    cache_read: int = 0,
+    session: str = "s1",
+    cwd: str = "/home/dev/api",
+    sidechain: bool = False,
+    text: str = "ok",
+    extra_usage: dict[str, Any] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """An assistant line shaped like Claude Code's."""
+    usage: dict[str, Any] = {
+        "input_tokens": input_tokens,
+        "cache_creation_input_tokens": cache_creation,
+        "cache_read_input_tokens": cache_read,
+        "output_tokens": output_tokens,
+        "service_tier": "standard",
+    }
+    usage.update(extra_usage or {})
+    message: dict[str, Any] = {
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "usage": usage,
+    }
+    if msg_id is not None:
+        message["id"] = msg_id
+    line: dict[str, Any] = {
+        "parentUuid": None,
+        "isSidechain": sidechain,
+        "userType": "external",
+        "cwd": cwd,
+        "sessionId": session,
+        "version": "2.0.37",
+        "type": "assistant",
+        "message": message,
+        "timestamp": ts,
+    }
+    if req_id is not None:
+        line["requestId"] = req_id
+    line.update(fields)
+    return line
+
+
+def user(ts: str, text: str = "hello", session: str = "s1") -> dict[str, Any]:
+    return {
+        "type": "user",
+        "sessionId": session,
+        "cwd": "/home/dev/api",
+        "message": {"role": "user", "content": text},
+        "timestamp": ts,
+    }
+
+
+def dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def write_lines(path: Path, lines: list[dict[str, Any] | str], mode: str = "a") -> None:
+    """Append lines (dicts become compact JSON; strings are written as they are)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open(mode, encoding="utf-8") as f:
+        for line in lines:
+            f.write((dumps(line) if isinstance(line, dict) else line) + "\n")
+
+
+@dataclass
+class RunningDaemon:
+    """A daemon started in this event loop, with its URL and a session."""
+
+    daemon: Daemon
+    url: str
+    root: Path
+    db: Path
+    http: aiohttp.ClientSession
+
+    @property
+    def projects(self) -> Path:
+        return self.root / "projects"
+
+    async def get(self, path: str, status: int = 200) -> Any:
+        async with self.http.get(self.url + path) as resp:
+            assert resp.status == status, await resp.text()
+            return await resp.json()
+
+    async def refresh(self) -> Any:
+        async with self.http.post(self.url + "/refresh") as resp:
+            assert resp.status == 200
+            return await resp.json()
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Poll /stats until predicate holds (events are asynchronous by nature)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            stats: dict[str, Any] = await self.get("/stats")
+            if predicate(stats):
+                return stats
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out; last /stats: {stats}")
+            await asyncio.sleep(0.02)
+
+
+async def start_daemon(root: Path, db: Path, **flags: Any) -> Daemon:
+    settings = load_settings(
+        {"claude_dirs": [root], "db": db, "port": 0, "tz": "UTC", **flags}, env={}
+    )
+    daemon = Daemon(settings)
+    await daemon.startup()
+    return daemon
+
+
+@pytest.fixture
+def claude_root(tmp_path: Path) -> Path:
+    root = tmp_path / "claude"
+    (root / "projects").mkdir(parents=True)
+    return root
+
+
+@pytest.fixture
+async def running(claude_root: Path, tmp_path: Path) -> AsyncIterator[RunningDaemon]:
+    db = tmp_path / "data" / "usage.sqlite3"
+    daemon = await start_daemon(claude_root, db)
+    assert daemon.address is not None
+    host, port = daemon.address
+    async with aiohttp.ClientSession() as http:
+        rd = RunningDaemon(daemon, f"http://{host}:{port}", claude_root, db, http)
+        await rd.wait_for(lambda s: s["ingest"]["caught_up"])
+        yield rd
+    await daemon.shutdown()
+
+
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, Any]]]:
+    with structlog.testing.capture_logs() as captured:
+        yield captured
