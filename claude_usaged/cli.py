@@ -42,12 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--db", type=Path, metavar="PATH", help=_settings_help("db"))
     run.add_argument("--host", help=_settings_help("host"))
-    run.add_argument("--port", type=int, help=_settings_help("port"))
+    # --port and --reconcile-interval are checked by Settings, not argparse, so that a
+    # bad value is a bad setting (one line, exit 3) as it is from the environment
+    run.add_argument("--port", metavar="PORT", help=_settings_help("port"))
     run.add_argument("--tz", metavar="ZONE", help=_settings_help("tz"))
     run.add_argument("--prices", type=Path, metavar="FILE", help=_settings_help("prices"))
     run.add_argument(
         "--reconcile-interval",
-        type=float,
         metavar="SECONDS",
         help=_settings_help("reconcile_interval"),
     )

@@ -89,13 +89,15 @@ def parse_timestamp_ms(value: str) -> int:
     """ISO-8601 -> epoch milliseconds; fast for Claude Code's own `...T09:14:05.602Z`."""
     if len(value) == 24 and value[-1] == "Z" and value[10] == "T" and value[19] == ".":
         try:
-            return (
-                _day_ms(value[:10])
-                + int(value[11:13]) * 3_600_000
-                + int(value[14:16]) * 60_000
-                + int(value[17:19]) * 1000
-                + int(value[20:23])
-            )
+            hour, minute, second = int(value[11:13]), int(value[14:16]), int(value[17:19])
+            if hour < 24 and minute < 60 and second < 60:
+                return (
+                    _day_ms(value[:10])
+                    + hour * 3_600_000
+                    + minute * 60_000
+                    + second * 1000
+                    + int(value[20:23])
+                )
         except ValueError:
             pass
     parsed = datetime.fromisoformat(value)
@@ -127,6 +129,8 @@ def record_from_line(
         return "invalid_fields"
     except msgspec.DecodeError:
         return "invalid_json"
+    except UnicodeDecodeError:
+        return "invalid_utf8"
     message = obj.message
     if obj.type != "assistant" or message is None:
         return None
@@ -183,20 +187,24 @@ def _identity(value: str) -> str:
     return value
 
 
-_BAD_START = re.compile(rb"\n[^{\n\r]")
+_BAD_EDGE = re.compile(rb"\n(?:(?<![}\s]\n)|(?=[^{\s]))")
+"""A `\n` that ends a line not closed by `}` or starts one not opened by `{`.
+
+The pattern starts with a literal byte, so the regex engine jumps from newline
+to newline at memory speed; a clean buffer costs one scan and no Python loop.
+"""
 
 
 def _bad_line_count(buf: bytes) -> int:
-    """Lines that start with anything but `{` (blank lines are fine).
-
-    A regex with a literal first byte runs at memory speed; a full check of
-    every line would cost more than the rest of the parse. Lines that could
-    count are decoded anyway, so a malformed one among them is still caught.
-    """
-    bad = len(_BAD_START.findall(buf))
+    """Lines that are neither blank nor shaped like `{...}`."""
     first = buf[:1]
-    if first not in (b"{", b"\n", b"\r", b""):
-        bad += 1
+    if _BAD_EDGE.search(buf) is None and (first == b"{" or first.isspace() or not first):
+        return 0
+    bad = 0
+    for raw in buf.split(b"\n"):
+        stripped = raw.strip()
+        if stripped and not (stripped[:1] == b"{" and stripped[-1:] == b"}"):
+            bad += 1
     return bad
 
 
@@ -205,6 +213,7 @@ def parse_lines(
     fallback_session: str,
     fallback_project: str,
     intern: _Interner | None = None,
+    max_line: int = 1 << 62,
 ) -> ParseResult:
     """Parse a buffer of complete `\\n`-terminated lines (split on the byte only)."""
     result = ParseResult()
@@ -223,11 +232,15 @@ def parse_lines(
         if end == -1:
             end = len(buf)
         pos = find(b'"usage"', end)
+        if end - start > max_line:
+            skipped["line_too_long"] += 1
+            continue
         outcome = record_from_line(view[start:end], fallback_session, fallback_project, intern)
         if outcome is None:
             continue
         if isinstance(outcome, str):
-            if buf[start : start + 1] == b"{":  # other starts were counted already
+            stripped = buf[start:end].strip()
+            if stripped[:1] == b"{" and stripped[-1:] == b"}":  # else counted already
                 skipped[outcome] += 1
         else:
             records.append(outcome)

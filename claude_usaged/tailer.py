@@ -181,7 +181,7 @@ def _consume(
             continue
         buf = carry + chunk[: last_nl + 1] if carry else chunk[: last_nl + 1]
         carry = chunk[last_nl + 1 :]
-        result.parsed.merge(parse_lines(buf, session, project, intern))
+        result.parsed.merge(parse_lines(buf, session, project, intern, max_line))
         committed = pos - len(carry)
         if len(carry) > max_line:
             carry = b""

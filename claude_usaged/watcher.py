@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 from watchdog.events import (
     DirCreatedEvent,
+    DirDeletedEvent,
     DirMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -35,13 +36,18 @@ def _as_str(value: bytes | str) -> str:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: Watcher) -> None:
+    def __init__(self, watcher: Watcher, key: str) -> None:
         self._watcher = watcher
+        self._key = key
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
         paths = [_as_str(event.src_path)]
+        if isinstance(event, DirDeletedEvent) and paths[0] == self._key:
+            # the watched projects/ itself is gone (its emitter has stopped)
+            self._watcher.lost(self._key)
+            return
         if getattr(event, "dest_path", ""):
             paths.append(_as_str(event.dest_path))
         if isinstance(event, DirCreatedEvent | DirMovedEvent):
@@ -55,11 +61,16 @@ class _Handler(FileSystemEventHandler):
 class _RootHandler(FileSystemEventHandler):
     """Watches an ancestor of a missing root; any change there re-checks the roots."""
 
-    def __init__(self, watcher: Watcher) -> None:
+    def __init__(self, watcher: Watcher, key: str, anchor: str) -> None:
         self._watcher = watcher
+        self._key = key
+        self._anchor = anchor
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write", "closed"):
+            return
+        if isinstance(event, DirDeletedEvent) and _as_str(event.src_path) == self._anchor:
+            self._watcher.lost(self._key)  # the ancestor itself is gone: wait higher up
             return
         self._watcher.schedule_roots()
 
@@ -112,23 +123,41 @@ class Watcher:
             return
         appeared = False
         with self._lock:
-            for root in self.roots:
-                projects = root / "projects"
-                if projects.is_dir():
-                    key = str(projects)
-                    if key not in self._watches:
-                        appeared = True
-                        self._watch(observer, key, _Handler(self), recursive=True)
-                        self._unwatch_waiting(projects)
-                    continue
-                anchor = projects
-                while not anchor.exists() and anchor != anchor.parent:
-                    anchor = anchor.parent
-                key = f"wait:{anchor}"
-                if anchor.is_dir() and key not in self._watches:
-                    self._watch(observer, key, _RootHandler(self), recursive=False, path=anchor)
+            waiting = True
+            while waiting:
+                # A folder made while a wait watch was being added sent no event
+                # to it: look again until no new wait watch is needed.
+                waiting = False
+                for root in self.roots:
+                    projects = root / "projects"
+                    if projects.is_dir():
+                        key = str(projects)
+                        if key not in self._watches:
+                            appeared = True
+                            self._watch(observer, key, _Handler(self, key), recursive=True)
+                            self._unwatch_waiting(projects)
+                        continue
+                    anchor = projects
+                    while not anchor.exists() and anchor != anchor.parent:
+                        anchor = anchor.parent
+                    key = f"wait:{anchor}"
+                    if anchor.is_dir() and key not in self._watches:
+                        handler = _RootHandler(self, key, str(anchor))
+                        self._watch(observer, key, handler, recursive=False, path=anchor)
+                        if key in self._watches:
+                            waiting = True
         if appeared:
             self.push({RESCAN})
+
+    def lost(self, key: str) -> None:
+        """A watched folder was deleted: drop its watch and wait for `projects/` to reappear."""
+        with self._lock:
+            watch = self._watches.pop(key, None)
+            if watch is not None and self._observer is not None:
+                with contextlib.suppress(KeyError, OSError):
+                    self._observer.unschedule(watch)
+        log.info("watch.lost", path=key)
+        self.schedule_roots()
 
     def _watch(
         self,
