@@ -103,7 +103,7 @@ def _env(config_dir: Path, home: str) -> dict[str, str]:
     }
     env.update(
         HOME=home,
-        CLAUDE_CONFIG_DIR=str(config_dir),
+        CLAUDE_CONFIG_DIR=str(Path(config_dir).resolve()),
         LOG_LEVEL="0",
         NO_COLOR="1",
         TZ="UTC",
@@ -148,12 +148,10 @@ def run_ccusage(
     return result
 
 
-def timed_run(
-    kind: Kind, config_dir: Path, tz: str = "UTC", repeat: int = 1
-) -> list[float]:
-    """Wall seconds of `repeat` runs (output parsed once to check it is valid)."""
+def timed_run(kind: Kind, config_dir: Path, tz: str = "UTC", repeat: int = 1) -> list[float]:
+    """Wall-clock seconds of each of `repeat` runs (the first run's output is checked)."""
     times: list[float] = []
-    for i in range(repeat):
+    for i in range(max(1, repeat)):
         proc, wall = _run(kind, config_dir, tz, None)
         if i == 0 and proc.stdout.strip().startswith("{"):
             json.loads(proc.stdout)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import structlog
 
-from claude_usaged.parser import new_interner
+from claude_usaged.reading import ReadOutcome, read_all
 from claude_usaged.store import Store
-from claude_usaged.tailer import Cursor, TailResult, read_new
+from claude_usaged.tailer import Cursor, TailResult
 from claude_usaged.usage import UsageRecord
 
 log = structlog.get_logger(__name__)
@@ -65,7 +65,6 @@ class Ingest:
         self._wake = asyncio.Event()
         self._waiters: list[asyncio.Future[None]] = []
         self._failing: dict[str, str] = {}
-        self._intern = new_interner()
         self.listeners: list[Callable[[list[UsageRecord]], None]] = []
         self.lines = 0
         self.skipped_lines = 0
@@ -142,8 +141,8 @@ class Ingest:
     async def _process(self, paths: Sequence[str]) -> None:
         batch: list[TailResult] = []
         held = 0
-        for path in paths:
-            result = await asyncio.to_thread(self._read, path)
+        async for path, outcome in read_all(paths, self.cursors):
+            result = self._checked(path, outcome)
             if result is None:
                 continue
             batch.append(result)
@@ -154,18 +153,20 @@ class Ingest:
         if batch:
             await self._apply(batch)
 
-    def _read(self, path: str) -> TailResult | None:
-        try:
-            result = read_new(path, self.cursors.get(path), self._intern)
-        except FileNotFoundError:
+    def _checked(self, path: str, outcome: ReadOutcome) -> TailResult | None:
+        """Log what a read met; None when there is nothing to apply."""
+        if isinstance(outcome, FileNotFoundError):
             self._failing.pop(path, None)
             return None  # vanished: its counted usage stays
-        except OSError as exc:
-            if self._failing.get(path) != exc.strerror:
-                log.warning("file.unreadable", path=path, error=exc.strerror, errno=exc.errno)
-            self._failing[path] = exc.strerror or str(exc)
+        if isinstance(outcome, OSError):
+            if self._failing.get(path) != outcome.strerror:
+                log.warning(
+                    "file.unreadable", path=path, error=outcome.strerror, errno=outcome.errno
+                )
+            self._failing[path] = outcome.strerror or str(outcome)
             self.state.unreadable = len(self._failing)
             return None
+        result = outcome
         if self._failing.pop(path, None) is not None:
             log.info("file.readable_again", path=path)
             self.state.unreadable = len(self._failing)

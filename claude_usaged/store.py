@@ -27,7 +27,7 @@ from claude_usaged.aggregates import aggregate
 from claude_usaged.pricing import PriceTable
 from claude_usaged.schema import MIGRATIONS, PRAGMAS
 from claude_usaged.tailer import Cursor, TailResult
-from claude_usaged.usage import BUCKET_MS, UsageRecord
+from claude_usaged.usage import BUCKET_MS, UsageRecord, dedupe
 from claude_usaged.windows import Block, build_blocks
 
 log = structlog.get_logger(__name__)
@@ -51,12 +51,10 @@ ON CONFLICT(key) DO UPDATE SET
     cache_creation = excluded.cache_creation, cache_creation_1h = excluded.cache_creation_1h,
     cache_read = excluded.cache_read, web_search = excluded.web_search,
     speed = excluded.speed, geo = excluded.geo, cost = excluded.cost
-WHERE (excluded.input + excluded.output + excluded.cache_creation + excluded.cache_read)
-        > (responses.input + responses.output + responses.cache_creation + responses.cache_read)
-   OR ((excluded.input + excluded.output + excluded.cache_creation + excluded.cache_read)
-        = (responses.input + responses.output + responses.cache_creation
-           + responses.cache_read)
-       AND excluded.ts < responses.ts)
+WHERE (-(excluded.input + excluded.output + excluded.cache_creation + excluded.cache_read),
+       excluded.ts, excluded.session_id, excluded.project)
+    < (-(responses.input + responses.output + responses.cache_creation + responses.cache_read),
+       responses.ts, responses.session_id, responses.project)
 """
 
 # A sidechain response that shares its message.id with a non-sidechain one, or
@@ -143,16 +141,6 @@ def _cursor_row(c: Cursor) -> tuple[Any, ...]:
         c.size,
         c.mtime_ns,
     )
-
-
-def dedupe(records: Iterable[UsageRecord]) -> dict[str, UsageRecord]:
-    """One record per key: the line with the largest total (earliest on a tie)."""
-    best: dict[str, UsageRecord] = {}
-    for rec in records:
-        old = best.get(rec.key)
-        if old is None or rec.beats(old):
-            best[rec.key] = rec
-    return best
 
 
 def create_private_file(path: Path) -> None:
@@ -296,9 +284,7 @@ class Store:
             old = existing.get(key)
             if old is not None:
                 old_ts, old_session, old_project, old_total = old
-                if rec.total_tokens < old_total or (
-                    rec.total_tokens == old_total and rec.ts_ms >= old_ts
-                ):
+                if rec.rank() >= (-old_total, old_ts, old_session, old_project):
                     continue
                 touched_ts.add(old_ts)
                 sessions.add(old_session)

@@ -6,6 +6,7 @@ counts, never message content.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 HOUR_MS = 3_600_000
@@ -45,16 +46,32 @@ class UsageRecord:
             + self.cache_read_tokens
         )
 
+    def rank(self) -> tuple[int, int, str, str]:
+        """Smaller wins among the lines of one key (see `beats`)."""
+        return (-self.total_tokens, self.ts_ms, self.session_id, self.project)
+
     def beats(self, other: UsageRecord) -> bool:
         """True when this line should replace `other` (same key).
 
-        The larger total wins; on a tie the earlier timestamp, so the result
-        does not depend on the order files are read in.
+        The larger total wins; on a tie the earlier timestamp, then the smaller
+        session id and project, so the result never depends on the order in
+        which files are read.
         """
-        mine, theirs = self.total_tokens, other.total_tokens
-        if mine != theirs:
-            return mine > theirs
-        return self.ts_ms < other.ts_ms
+        return self.rank() < other.rank()
+
+    def __reduce__(self) -> tuple[type[UsageRecord], tuple[object, ...]]:
+        # positional fields: pickles (to and from worker processes) several times faster
+        return (UsageRecord, tuple(getattr(self, f) for f in self.__slots__))
+
+
+def dedupe(records: Iterable[UsageRecord]) -> dict[str, UsageRecord]:
+    """One record per key: the line that `beats` all others."""
+    best: dict[str, UsageRecord] = {}
+    for rec in records:
+        old = best.get(rec.key)
+        if old is None or rec.beats(old):
+            best[rec.key] = rec
+    return best
 
 
 TOKEN_FIELDS = (

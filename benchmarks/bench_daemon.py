@@ -1,0 +1,225 @@
+"""Benchmark of the daemon against ccusage on the same history.
+
+    python benchmarks/bench_daemon.py [--size-mb 500] [--corpus DIR] [--requests 1000]
+
+Prints: cold catch-up time and MB/s, the ratio against
+`ccusage claude daily --offline --json` on the same files (warm page cache),
+peak RSS, restart time, `/stats` latency p50/p99, and append-to-visible
+latency p50/p95. Targets (issue 2): ratio < 1, RSS < 100 MB, `/stats` p50 <
+2 ms, append-to-visible p95 < 300 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from ccusage_ref import find_ccusage, timed_run  # noqa: E402
+from corpus import generate  # noqa: E402
+
+
+def _corpus(args: argparse.Namespace) -> Path:
+    if args.corpus:
+        return Path(args.corpus)
+    target = HERE / f"corpus-{args.size_mb:g}mb-seed{args.seed}"
+    if not (target / "projects").is_dir():
+        print(f"generating a {args.size_mb:g} MB corpus in {target} ...", file=sys.stderr)
+        generate(target, args.size_mb, args.seed, progress_lines=False)
+    return target
+
+
+def _size(root: Path) -> int:
+    return sum(p.stat().st_size for p in (root / "projects").rglob("*.jsonl"))
+
+
+def _warm(root: Path) -> None:
+    for p in (root / "projects").rglob("*.jsonl"):
+        with p.open("rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+class Daemon:
+    """`python -m claude_usaged run` as a subprocess, talked to over HTTP."""
+
+    def __init__(self, root: Path, db: Path) -> None:
+        self.root, self.db = root, db
+        self.addr = db.with_name(db.name + ".addr")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conn: http.client.HTTPConnection | None = None
+
+    def start(self) -> float:
+        """Start; return seconds until /health says caught_up."""
+        self.addr.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "claude_usaged",
+                "run",
+                "--claude-dir",
+                str(self.root),
+                "--db",
+                str(self.db),
+                "--port",
+                "0",
+                "--tz",
+                "UTC",
+                "--log-level",
+                "warning",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        while not self.addr.exists():
+            time.sleep(0.002)
+            if self.proc.poll() is not None:
+                raise SystemExit("daemon exited during start")
+        info = json.loads(self.addr.read_text())
+        self.conn = http.client.HTTPConnection(info["host"], info["port"], timeout=30)
+        while not self.get("/health")["caught_up"]:
+            time.sleep(0.002)
+        return time.perf_counter() - t0
+
+    def get(self, path: str) -> dict:  # type: ignore[type-arg]
+        assert self.conn is not None
+        self.conn.request("GET", path)
+        resp = self.conn.getresponse()
+        return json.loads(resp.read())  # type: ignore[no-any-return]
+
+    def peak_rss_mb(self) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def _append_latency(daemon: Daemon, root: Path, n: int) -> list[float]:
+    path = root / "projects" / "-bench-append" / "append.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lat = []
+    for i in range(n):
+        before = daemon.get("/stats")["total_tokens"]
+        line = {
+            "type": "assistant",
+            "sessionId": "bench-append",
+            "cwd": "/bench",
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            "requestId": f"req_bench_{time.time_ns()}_{i}",
+            "message": {
+                "id": f"msg_bench_{time.time_ns()}_{i}",
+                "model": "claude-sonnet-4-5",
+                "usage": {"input_tokens": 7, "output_tokens": 3},
+            },
+        }
+        t0 = time.perf_counter()
+        with path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        while daemon.get("/stats")["total_tokens"] < before + 10:
+            if time.perf_counter() - t0 > 5:
+                raise SystemExit("an appended line did not become visible within 5 s")
+        lat.append(time.perf_counter() - t0)
+        time.sleep(0.02)
+    return lat
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--size-mb", type=float, default=500)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--corpus", help="an existing CLAUDE_CONFIG_DIR-style folder")
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--appends", type=int, default=60)
+    args = ap.parse_args()
+
+    root = _corpus(args)
+    size = _size(root)
+    files = sum(1 for _ in (root / "projects").rglob("*.jsonl"))
+    _warm(root)
+    print(f"corpus: {root} — {files} files, {size / 1e6:.0f} MB")
+
+    cc = find_ccusage()
+    cc_s = None
+    if cc is None:
+        print("ccusage: not found (set CCUSAGE_BIN) — no ratio")
+    else:
+        runs = timed_run("daily", root, repeat=3)
+        cc_s = statistics.median(runs)
+        print(
+            f"ccusage daily --offline --json: {cc_s:.3f} s (median of 3) "
+            f"= {size / 1e6 / cc_s:.0f} MB/s"
+        )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "usage.sqlite3"
+        work = root
+        shutil.rmtree(work / "projects" / "-bench-append", ignore_errors=True)
+        daemon = Daemon(work, db)
+        cold = daemon.start()
+        rss = daemon.peak_rss_mb()
+        stats = daemon.get("/stats")
+        print(
+            f"cold catch-up: {cold:.3f} s = {size / 1e6 / cold:.0f} MB/s "
+            f"({stats['ingest']['responses']} responses, {stats['total_tokens']} tokens)"
+        )
+        if cc_s:
+            print(f"ratio daemon/ccusage (cold catch-up): {cold / cc_s:.2f}")
+        print(f"peak RSS after catch-up: {rss:.0f} MB")
+
+        lat = []
+        for _ in range(args.requests):
+            t0 = time.perf_counter()
+            daemon.get("/stats")
+            lat.append((time.perf_counter() - t0) * 1000)
+        print(
+            f"/stats latency over {args.requests} requests: p50 {_pct(lat, 0.5):.2f} ms, "
+            f"p99 {_pct(lat, 0.99):.2f} ms"
+        )
+        if cc_s:
+            print(
+                f"ratio asked again (/stats p50 vs ccusage run): {_pct(lat, 0.5) / 1000 / cc_s:.5f}"
+            )
+
+        app = _append_latency(daemon, work, args.appends)
+        print(
+            f"append-to-visible over {args.appends} appends: "
+            f"p50 {_pct(app, 0.5) * 1000:.0f} ms, p95 {_pct(app, 0.95) * 1000:.0f} ms"
+        )
+        print(f"peak RSS at the end: {daemon.peak_rss_mb():.0f} MB")
+        daemon.stop()
+
+        again = Daemon(work, db)
+        warm = again.start()
+        print(f"restart on the same database (nothing new): {warm:.3f} s")
+        again.stop()
+        shutil.rmtree(work / "projects" / "-bench-append", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

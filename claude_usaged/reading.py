@@ -1,0 +1,78 @@
+"""Read many transcripts at once: in this process, or in worker processes.
+
+A cold catch-up reads hundreds of MB; parsing is CPU-bound Python, so above a
+threshold the files are spread over a process pool (one worker per core).
+Each worker returns `TailResult`s; the single writer still applies them.
+Small reads (the normal case: a few appended lines) stay in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+from claude_usaged.parser import new_interner
+from claude_usaged.tailer import Cursor, TailResult, read_new
+
+PARALLEL_BYTES = 48 << 20
+"""Below this many unread bytes a pool costs more to start than it saves."""
+
+ReadOutcome = TailResult | OSError
+
+
+def read_or_error(path: str, cursor: Cursor | None) -> tuple[str, ReadOutcome]:
+    """`read_new`, with an OSError returned instead of raised (it crosses processes)."""
+    try:
+        return path, read_new(path, cursor, _worker_intern)
+    except OSError as exc:
+        return path, exc
+
+
+_worker_intern = new_interner()
+
+
+def unread_bytes(paths: Sequence[str], cursors: dict[str, Cursor]) -> int:
+    total = 0
+    for path in paths:
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            continue
+        cursor = cursors.get(path)
+        total += size - cursor.offset if cursor and size >= cursor.offset else size
+    return total
+
+
+def worker_count() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+async def read_all(
+    paths: Sequence[str], cursors: dict[str, Cursor]
+) -> AsyncIterator[tuple[str, ReadOutcome]]:
+    """Yield (path, outcome) for every path; order is not kept in parallel mode."""
+    workers = worker_count()
+    if workers < 2 or len(paths) < 2 or unread_bytes(paths, cursors) < PARALLEL_BYTES:
+        for path in paths:
+            yield await asyncio.to_thread(read_or_error, path, cursors.get(path))
+        return
+    # spawn: the daemon has threads (watchdog, sqlite), which fork does not copy safely
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        # biggest first, so one huge file does not finish last on its own
+        order = sorted(paths, key=lambda p: _size(p), reverse=True)
+        futures = [
+            asyncio.wrap_future(pool.submit(read_or_error, p, cursors.get(p))) for p in order
+        ]
+        for done in asyncio.as_completed(futures):
+            yield await done
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
