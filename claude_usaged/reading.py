@@ -62,13 +62,36 @@ async def read_all(
     # spawn: the daemon has threads (watchdog, sqlite), which fork does not copy safely
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        # biggest first, so one huge file does not finish last on its own
-        order = sorted(paths, key=lambda p: _size(p), reverse=True)
         futures = [
-            asyncio.wrap_future(pool.submit(read_or_error, p, cursors.get(p))) for p in order
+            asyncio.wrap_future(pool.submit(read_group, [(p, cursors.get(p)) for p in group]))
+            for group in _groups(paths, workers)
         ]
         for done in asyncio.as_completed(futures):
-            yield await done
+            for item in await done:
+                yield item
+
+
+def read_group(items: list[tuple[str, Cursor | None]]) -> list[tuple[str, ReadOutcome]]:
+    """One pool task: several files, so each round trip carries enough work."""
+    return [read_or_error(path, cursor) for path, cursor in items]
+
+
+def _groups(paths: Sequence[str], workers: int) -> list[list[str]]:
+    """Files in groups of similar size, biggest first (a huge file must not finish last)."""
+    sized = sorted(((_size(p), p) for p in paths), reverse=True)
+    target = max(4 << 20, sum(size for size, _ in sized) // (workers * 8))
+    groups: list[list[str]] = []
+    current: list[str] = []
+    held = 0
+    for size, path in sized:
+        current.append(path)
+        held += size
+        if held >= target:
+            groups.append(current)
+            current, held = [], 0
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _size(path: str) -> int:

@@ -25,7 +25,7 @@ import structlog
 
 from claude_usaged.aggregates import aggregate
 from claude_usaged.pricing import PriceTable
-from claude_usaged.schema import MIGRATIONS, PRAGMAS
+from claude_usaged.schema import MIGRATIONS, PRAGMAS, RESPONSE_INDEXES
 from claude_usaged.tailer import Cursor, TailResult
 from claude_usaged.usage import BUCKET_MS, UsageRecord, dedupe
 from claude_usaged.windows import Block, build_blocks
@@ -190,6 +190,11 @@ class Store:
                 f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
             )
             log.info("store.migrated", version=number)
+        await self._create_indexes()
+
+    async def _create_indexes(self) -> None:
+        for name, target in RESPONSE_INDEXES.items():
+            await self._db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
 
     async def _meta(self, name: str) -> str | None:
         async with self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)) as cur:
@@ -237,10 +242,14 @@ class Store:
         db = self._db
         await db.execute("BEGIN IMMEDIATE")
         try:
-            if len(best) > BULK_THRESHOLD or await self._meta("dirty") == "1":
+            dirty = await self._meta("dirty") == "1"
+            if len(best) > BULK_THRESHOLD or dirty:
+                if not dirty:
+                    for name in RESPONSE_INDEXES:
+                        await db.execute(f"DROP INDEX IF EXISTS {name}")
+                    await self._set_meta("dirty", "1")
                 changed = list(best.values())
                 await db.executemany(_UPSERT, [_response_row(r) for r in changed])
-                await self._set_meta("dirty", "1")
             else:
                 changed = await self._apply_incremental(best)
             await db.executemany(
@@ -387,6 +396,7 @@ class Store:
 
     async def _rebuild_all(self) -> None:
         db = self._db
+        await self._create_indexes()
         # non-sidechain rows are always counted: only the others can change
         await db.execute("UPDATE responses SET counted = 1 WHERE counted = 0 AND is_sidechain = 0")
         await db.execute(f"{_COUNTED} WHERE is_sidechain = 1")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from claude_usaged.parser import ParseResult, _Interner, parse_lines
+from claude_usaged.usage import dedupe
 
 HEAD_BYTES = 1024
 TAIL_BYTES = 32
@@ -110,6 +111,8 @@ def read_new(
             return result
         session, project = _fallbacks(path)
         offset = _consume(fd, start, result, session, project, intern, max_line)
+        # a streamed response's lines sit in one file: keep only each key's winner
+        result.parsed.records = list(dedupe(result.parsed.records).values())
         head = _pread(fd, min(HEAD_BYTES, offset), 0)
         tail_start = max(0, offset - TAIL_BYTES)
         result.cursor = Cursor(

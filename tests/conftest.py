@@ -16,7 +16,7 @@ import structlog
 from claude_usaged.daemon import Daemon
 from claude_usaged.settings import load_settings
 
-REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-sample"
+REAL_SAMPLE = Path(__file__).resolve().parent / "fixtures" / "real-sample"
 
 
 def assistant(
