@@ -55,9 +55,15 @@ async def _feed(watcher: Watcher, ingest: Ingest) -> None:
             ingest.submit(batch)
 
 
-async def _reconcile(ingest: Ingest, interval: float) -> None:
+async def _reconcile(ingest: Ingest, watcher: Watcher, interval: float) -> None:
+    """The slow timer: restart a dead watcher, then stat everything.
+
+    watchdog drops inotify's queue overflow without a word (its issue #654),
+    so this rescan is what turns a missed event into a late count, not a loss.
+    """
     while True:
         await asyncio.sleep(interval)
+        await asyncio.to_thread(watcher.ensure_running)
         ingest.request_rescan()
 
 
@@ -108,7 +114,9 @@ class Daemon:
         self._watcher.start()
         self._tasks.append(asyncio.create_task(_feed(self._watcher, ingest), name="watch"))
         self._tasks.append(
-            asyncio.create_task(_reconcile(ingest, s.reconcile_interval), name="reconcile")
+            asyncio.create_task(
+                _reconcile(ingest, self._watcher, s.reconcile_interval), name="reconcile"
+            )
         )
         ctx = ApiContext(
             read=self._read,

@@ -24,6 +24,9 @@ from claude_usaged.usage import UsageRecord
 
 log = structlog.get_logger(__name__)
 
+PROGRESS_EVERY = 2.0
+"""Seconds between progress lines while a long catch-up runs."""
+
 BATCH_RECORDS = 20_000
 """Records held in memory before they are written (bounds RSS on big histories)."""
 
@@ -101,20 +104,29 @@ class Ingest:
             paths, self._pending = self._pending, set()
             rescan, self._rescan = self._rescan, False
             waiters, self._waiters = self._waiters, []
+            started, bytes_before = time.monotonic(), self.state.bytes_read
             try:
                 if rescan:
                     paths |= set(await asyncio.to_thread(self._changed_paths))
                     self.state.last_scan_at = time.time()
                 await self._process(sorted(paths))
-                if await self.store.settle():
-                    log.info("ingest.settled", files=self.state.files)
+                await self.store.settle()
             except Exception:
                 # answered after the retry that the supervisor schedules
                 self._waiters.extend(waiters)
                 raise
             if rescan and not self.state.caught_up:
                 self.state.caught_up = True
-                log.info("ingest.caught_up", files=self.state.files)
+                seconds = time.monotonic() - started
+                megabytes = (self.state.bytes_read - bytes_before) / 1e6
+                log.info(
+                    "ingest.caught_up",
+                    files=self.state.files,
+                    megabytes=round(megabytes, 1),
+                    seconds=round(seconds, 3),
+                    lines=self.lines,
+                    skipped_lines=self.skipped_lines,
+                )
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -140,8 +152,18 @@ class Ingest:
 
     async def _process(self, paths: Sequence[str]) -> None:
         batch: list[TailResult] = []
-        held = 0
+        held = done = 0
+        next_report = time.monotonic() + PROGRESS_EVERY
         async for path, outcome in read_all(paths, self.cursors):
+            done += 1
+            if time.monotonic() >= next_report:
+                next_report += PROGRESS_EVERY
+                log.info(
+                    "ingest.progress",
+                    files_done=done,
+                    files_total=len(paths),
+                    megabytes=round(self.state.bytes_read / 1e6, 1),
+                )
             result = self._checked(path, outcome)
             if result is None:
                 continue

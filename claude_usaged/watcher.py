@@ -106,6 +106,21 @@ class Watcher:
         self._observer.start()
         self.schedule_roots()
 
+    def ensure_running(self) -> bool:
+        """Restart a dead observer thread (it dies on inotify errors); True if it did."""
+        if self._observer is None or self._observer.is_alive():
+            if self._observer is not None:
+                self.schedule_roots()  # a root whose creation event was missed
+            return False
+        log.warning("watch.restarted", error=self.error)
+        with self._lock:
+            self._watches.clear()
+        self.error = None
+        self._observer = Observer()
+        self._observer.start()
+        self.schedule_roots()
+        return True
+
     def stop(self) -> None:
         if self._observer is not None:
             self._observer.stop()

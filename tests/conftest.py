@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,29 @@ async def start_daemon(root: Path, db: Path, **flags: Any) -> Daemon:
     daemon = Daemon(settings)
     await daemon.startup()
     return daemon
+
+
+@asynccontextmanager
+async def daemon_on(root: Path, db: Path, **flags: Any) -> AsyncIterator[RunningDaemon]:
+    """A daemon with non-default settings, caught up before it is handed out."""
+    daemon = await start_daemon(root, db, **flags)
+    assert daemon.address is not None
+    host, port = daemon.address
+    try:
+        async with aiohttp.ClientSession() as http:
+            rd = RunningDaemon(daemon, f"http://{host}:{port}", root, db, http)
+            await rd.wait_for(lambda s: s["ingest"]["caught_up"])
+            yield rd
+    finally:
+        await daemon.shutdown()
+
+
+async def stop_watcher(running: RunningDaemon) -> None:
+    """Stop the observer thread: from now on only a rescan can see a change."""
+    watcher = running.daemon._watcher
+    assert watcher is not None
+    await asyncio.to_thread(watcher.stop)
+    assert (await running.get("/health"))["watcher"]["state"] == "stopped"
 
 
 @pytest.fixture

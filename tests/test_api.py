@@ -7,17 +7,13 @@ Each expected number is worked out by hand in a comment beside it. Prices
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from conftest import RunningDaemon, assistant, start_daemon, user, write_lines
+from conftest import RunningDaemon, assistant, daemon_on, stop_watcher, user, write_lines
 
 from claude_usaged import api
 
@@ -38,29 +34,6 @@ def fix_now(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
 
 def approx(value: float) -> Any:
     return pytest.approx(value, rel=1e-9, abs=1e-12)
-
-
-@asynccontextmanager
-async def daemon_on(root: Path, db: Path, **flags: Any) -> AsyncIterator[RunningDaemon]:
-    """A daemon with non-default settings, caught up before it is handed out."""
-    daemon = await start_daemon(root, db, **flags)
-    assert daemon.address is not None
-    host, port = daemon.address
-    try:
-        async with aiohttp.ClientSession() as http:
-            rd = RunningDaemon(daemon, f"http://{host}:{port}", root, db, http)
-            await rd.wait_for(lambda s: s["ingest"]["caught_up"])
-            yield rd
-    finally:
-        await daemon.shutdown()
-
-
-async def stop_watcher(running: RunningDaemon) -> None:
-    """Stop the observer thread: from now on only a rescan can see a change."""
-    watcher = running.daemon._watcher
-    assert watcher is not None
-    await asyncio.to_thread(watcher.stop)
-    assert (await running.get("/health"))["watcher"]["state"] == "stopped"
 
 
 # -- /stats ---------------------------------------------------------------------

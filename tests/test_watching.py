@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 import structlog
-from conftest import RunningDaemon, assistant, dumps, user, write_lines
-from test_api import daemon_on, stop_watcher
+from conftest import RunningDaemon, assistant, daemon_on, dumps, stop_watcher, user, write_lines
 
 ENC = "-home-dev-api"
 
@@ -230,3 +229,32 @@ async def test_meta_json_and_other_files_are_ignored(running: RunningDaemon) -> 
     await running.refresh()
     stats = await running.get("/stats")
     assert (stats["total_tokens"], stats["ingest"]["files"], stats["ingest"]["lines"]) == (7, 1, 1)
+
+
+async def test_reconcile_restarts_a_dead_watcher(tmp_path: Path) -> None:
+    """A dead observer is restarted by the reconcile timer and live events flow again."""
+    root = tmp_path / "claude"
+    (root / "projects").mkdir(parents=True)
+    async with daemon_on(root, tmp_path / "db" / "usage.sqlite3", reconcile_interval=0.2) as rd:
+        with structlog.testing.capture_logs() as logs:
+            await stop_watcher(rd)
+            for _ in range(200):
+                if (await rd.get("/health"))["watcher"]["state"] == "running":
+                    break
+                await asyncio.sleep(0.02)
+        assert (await rd.get("/health"))["watcher"]["state"] == "running"
+        assert any(e["event"] == "watch.restarted" for e in logs)
+        # 11 + 4 = 15 tokens, seen through the restarted observer or the next rescan
+        write_lines(
+            root / "projects" / "-p" / "after.jsonl",
+            [
+                assistant(
+                    "m_after",
+                    "r_after",
+                    "2025-11-20T10:00:00.000Z",
+                    input_tokens=11,
+                    output_tokens=4,
+                )
+            ],
+        )
+        await rd.wait_for(lambda s: s["total_tokens"] == 15)
