@@ -109,15 +109,7 @@ class Daemon:
         ingest = Ingest(store, s.claude_dirs)
         await ingest.start()
         self._read = await ReadModel.open(s.db, s.zone, lambda: store.generation)
-        self._tasks.append(asyncio.create_task(_supervise_ingest(ingest), name="ingest"))
         self._watcher = Watcher(s.claude_dirs)
-        self._watcher.start()
-        self._tasks.append(asyncio.create_task(_feed(self._watcher, ingest), name="watch"))
-        self._tasks.append(
-            asyncio.create_task(
-                _reconcile(ingest, self._watcher, s.reconcile_interval), name="reconcile"
-            )
-        )
         ctx = ApiContext(
             read=self._read,
             ingest=ingest,
@@ -125,6 +117,7 @@ class Daemon:
             db_path=str(s.db),
             started_at=time.time(),
         )
+        # listen first: a taken port fails before any reading starts
         self._runner = web.AppRunner(make_app(ctx), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.host, s.port, reuse_address=True)
@@ -132,6 +125,16 @@ class Daemon:
             await site.start()
         except OSError as exc:
             raise StartupError(f"cannot listen on {s.host}:{s.port}: {exc.strerror}") from None
+        self._tasks.append(asyncio.create_task(_supervise_ingest(ingest), name="ingest"))
+        await self._watcher.start()
+        # a change made while the watches were being added sent no event: look once more
+        ingest.request_rescan()
+        self._tasks.append(asyncio.create_task(_feed(self._watcher, ingest), name="watch"))
+        self._tasks.append(
+            asyncio.create_task(
+                _reconcile(ingest, self._watcher, s.reconcile_interval), name="reconcile"
+            )
+        )
         host, port = self._runner.addresses[0][:2]
         self.address = (host, port)
         write_address(address_file(s.db), host, port)

@@ -100,11 +100,12 @@ class Watcher:
     def watched(self) -> list[str]:
         return sorted(self._watches)
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Start the observer; adding recursive watches runs in a thread (it walks trees)."""
         self._loop = asyncio.get_running_loop()
         self._observer = Observer()
         self._observer.start()
-        self.schedule_roots()
+        await asyncio.to_thread(self.schedule_roots)
 
     def ensure_running(self) -> bool:
         """Restart a dead observer thread (it dies on inotify errors); True if it did."""
