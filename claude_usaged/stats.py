@@ -214,8 +214,8 @@ class ReadModel:
             tuple(args),
         )
         per_day: dict[date, list[tuple[str, tuple[Any, ...]]]] = {}
-        for bucket, model, *sums in rows:
-            per_day.setdefault(_local_date(bucket, tz), []).append((model, tuple(sums)))
+        for bucket, model, *row_sums in rows:
+            per_day.setdefault(_local_date(bucket, tz), []).append((model, tuple(row_sums)))
         days = []
         grand = Totals()
         for day, items in sorted(per_day.items()):

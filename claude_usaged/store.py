@@ -358,11 +358,11 @@ class Store:
                 since = row[0] if row else None
         if since is None:
             await db.execute("DELETE FROM blocks")
-            query, args = (
+            query = (
                 "SELECT ts, model, input, output, cache_creation, cache_read, cost "
-                "FROM responses WHERE counted = 1 ORDER BY ts",
-                (),
+                "FROM responses WHERE counted = 1 ORDER BY ts"
             )
+            args: tuple[Any, ...] = ()
         else:
             await db.execute("DELETE FROM blocks WHERE first_ts >= ?", (since,))
             query = (
@@ -426,10 +426,12 @@ class Store:
             "output, cache_creation, cache_creation_1h, cache_read, web_search, speed, geo "
             "FROM responses"
         ) as cur:
-            rows = await cur.fetchall()
+            rows = list(await cur.fetchall())
         updates = []
         for row in rows:
-            rec = UsageRecord(*row[:6], bool(row[6]), *row[7:])
+            fields: list[Any] = list(row)
+            fields[6] = bool(fields[6])
+            rec = UsageRecord(*fields)
             updates.append((self.prices.cost(rec), rec.key))
         await db.execute("BEGIN IMMEDIATE")
         try:
