@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from claude_usaged import sdnotify
 from claude_usaged.api import ApiContext, make_app
 from claude_usaged.ingest import Ingest
 from claude_usaged.paths import address_file
@@ -65,6 +66,20 @@ async def _reconcile(ingest: Ingest, watcher: Watcher, interval: float) -> None:
         await asyncio.sleep(interval)
         await asyncio.to_thread(watcher.ensure_running)
         ingest.request_rescan()
+
+
+async def _notify_caught_up(caught_up: asyncio.Future[None], ingest: Ingest, url: str) -> None:
+    """Tell systemd (STATUS=) what the daemon serves once the first full rescan is done."""
+    await caught_up
+    state = ingest.state
+    sdnotify.notify(f"STATUS=serving {url}; {state.files} files, {ingest.lines} lines read")
+
+
+async def _watchdog(interval: float) -> None:
+    """Ping systemd's watchdog from the event loop, so a stuck loop gets the daemon restarted."""
+    while True:
+        sdnotify.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
 
 
 async def _supervise_ingest(ingest: Ingest) -> None:
@@ -128,7 +143,7 @@ class Daemon:
         self._tasks.append(asyncio.create_task(_supervise_ingest(ingest), name="ingest"))
         await self._watcher.start()
         # a change made while the watches were being added sent no event: look once more
-        ingest.request_rescan()
+        caught_up = ingest.request_rescan()
         self._tasks.append(asyncio.create_task(_feed(self._watcher, ingest), name="watch"))
         self._tasks.append(
             asyncio.create_task(
@@ -146,6 +161,14 @@ class Daemon:
             tz=s.tz,
             prices=prices.version,
         )
+        url = f"http://{host}:{port}"
+        sdnotify.notify("READY=1", f"STATUS=listening on {url}; catching up")
+        self._tasks.append(
+            asyncio.create_task(_notify_caught_up(caught_up, ingest, url), name="notify")
+        )
+        interval = sdnotify.watchdog_interval()
+        if interval is not None:
+            self._tasks.append(asyncio.create_task(_watchdog(interval), name="watchdog"))
 
     async def shutdown(self) -> None:
         for task in reversed(self._tasks):
@@ -173,5 +196,6 @@ class Daemon:
             await self.startup()
             await self.stop_event.wait()
             log.info("daemon.stopping")
+            sdnotify.notify("STOPPING=1")
         finally:
             await self.shutdown()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import aiosqlite
 
-from claude_usaged.usage import BUCKET_MS, WINDOW_MS
+from claude_usaged.usage import BUCKET_MS, WINDOW_MS, Totals
 
 TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens")
 
@@ -43,66 +42,6 @@ def _local_date(bucket: int, tz: ZoneInfo) -> date:
 
 def _day_start_ms(day: date, tz: ZoneInfo) -> int:
     return int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp() * 1000)
-
-
-@dataclass(slots=True)
-class Totals:
-    """Token sums, entries and cost of a group of responses."""
-
-    entries: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_tokens: int = 0
-    cache_read_tokens: int = 0
-    cost_usd: float = 0.0
-    unpriced: int = 0
-    models: set[str] = field(default_factory=set)
-    unpriced_models: set[str] = field(default_factory=set)
-
-    def add(self, model: str, row: tuple[Any, ...]) -> None:
-        entries, inp, out, cc, cr, cost, unpriced = row
-        self.entries += entries
-        self.input_tokens += inp
-        self.output_tokens += out
-        self.cache_creation_tokens += cc
-        self.cache_read_tokens += cr
-        self.cost_usd += cost
-        self.unpriced += unpriced
-        self.models.add(model)
-        if unpriced:
-            self.unpriced_models.add(model)
-
-    @property
-    def total_tokens(self) -> int:
-        return (
-            self.input_tokens
-            + self.output_tokens
-            + self.cache_creation_tokens
-            + self.cache_read_tokens
-        )
-
-    def to_json(self, with_models: bool = True) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "entries": self.entries,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cache_creation_tokens": self.cache_creation_tokens,
-            "cache_read_tokens": self.cache_read_tokens,
-            "total_tokens": self.total_tokens,
-            "cost_usd": None if self.entries and self.unpriced == self.entries else self.cost_usd,
-        }
-        if with_models:
-            out["models"] = sorted(self.models)
-            out["unpriced_models"] = sorted(self.unpriced_models)
-        return out
-
-
-def _grouped(rows: list[tuple[Any, ...]]) -> dict[str, Totals]:
-    """Rows of (group, model, *sums) -> group -> Totals with per-model breakdowns."""
-    groups: dict[str, Totals] = {}
-    for group, model, *sums in rows:
-        groups.setdefault(group, Totals()).add(model, tuple(sums))
-    return groups
 
 
 def _breakdowns(rows: list[tuple[str, tuple[Any, ...]]]) -> list[dict[str, Any]]:

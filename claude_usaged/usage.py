@@ -7,7 +7,8 @@ counts, never message content.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 HOUR_MS = 3_600_000
 WINDOW_MS = 5 * HOUR_MS
@@ -72,6 +73,76 @@ def dedupe(records: Iterable[UsageRecord]) -> dict[str, UsageRecord]:
         if old is None or rec.beats(old):
             best[rec.key] = rec
     return best
+
+
+@dataclass(slots=True)
+class Totals:
+    """Token sums, entries and cost of a group of responses."""
+
+    entries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cache_read_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced: int = 0
+    models: set[str] = field(default_factory=set)
+    unpriced_models: set[str] = field(default_factory=set)
+
+    def add_response(
+        self, model: str, inp: int, out: int, cc: int, cr: int, cost: float | None
+    ) -> None:
+        """Count one response (cost None: no known price)."""
+        self.entries += 1
+        self.input_tokens += inp
+        self.output_tokens += out
+        self.cache_creation_tokens += cc
+        self.cache_read_tokens += cr
+        if cost is None:
+            self.unpriced += 1
+            self.unpriced_models.add(model)
+        else:
+            self.cost_usd += cost
+        self.models.add(model)
+
+    def add(self, model: str, row: tuple[Any, ...]) -> None:
+        """Add an aggregate row: (entries, input, output, cache_creation, cache_read,
+        cost, unpriced)."""
+        entries, inp, out, cc, cr, cost, unpriced = row
+        self.entries += entries
+        self.input_tokens += inp
+        self.output_tokens += out
+        self.cache_creation_tokens += cc
+        self.cache_read_tokens += cr
+        self.cost_usd += cost
+        self.unpriced += unpriced
+        self.models.add(model)
+        if unpriced:
+            self.unpriced_models.add(model)
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_creation_tokens
+            + self.cache_read_tokens
+        )
+
+    def to_json(self, with_models: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "entries": self.entries,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_creation_tokens": self.cache_creation_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "total_tokens": self.total_tokens,
+            "cost_usd": None if self.entries and self.unpriced == self.entries else self.cost_usd,
+        }
+        if with_models:
+            out["models"] = sorted(self.models)
+            out["unpriced_models"] = sorted(self.unpriced_models)
+        return out
 
 
 TOKEN_FIELDS = (

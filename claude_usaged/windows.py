@@ -8,39 +8,22 @@ than 5 h after the block's start or more than 5 h after the previous response.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from claude_usaged.usage import HOUR_MS, WINDOW_MS
+from claude_usaged.usage import HOUR_MS, WINDOW_MS, Totals
 
 
-@dataclass(slots=True)
-class Block:
+@dataclass(slots=True, kw_only=True)
+class Block(Totals):
     """One 5-hour block and its totals (cost over priced responses only)."""
 
     start_ms: int
     first_ms: int
     last_ms: int
-    entries: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_tokens: int = 0
-    cache_read_tokens: int = 0
-    cost_usd: float = 0.0
-    unpriced: int = 0
-    models: set[str] = field(default_factory=set)
 
     @property
     def end_ms(self) -> int:
         return self.start_ms + WINDOW_MS
-
-    @property
-    def total_tokens(self) -> int:
-        return (
-            self.input_tokens
-            + self.output_tokens
-            + self.cache_creation_tokens
-            + self.cache_read_tokens
-        )
 
     def is_active(self, now_ms: int) -> bool:
         return now_ms - self.last_ms < WINDOW_MS and now_ms < self.end_ms
@@ -67,14 +50,5 @@ def build_blocks(rows: Iterable[BlockRow], previous: Block | None = None) -> lis
             current = Block(start_ms=floor_hour(ts), first_ms=ts, last_ms=ts)
             blocks.append(current)
         current.last_ms = ts
-        current.entries += 1
-        current.input_tokens += inp
-        current.output_tokens += out
-        current.cache_creation_tokens += cc
-        current.cache_read_tokens += cr
-        if cost is None:
-            current.unpriced += 1
-        else:
-            current.cost_usd += cost
-        current.models.add(model)
+        current.add_response(model, inp, out, cc, cr, cost)
     return blocks
