@@ -166,7 +166,11 @@ async def health(request: web.Request) -> web.Response:
             "version": __version__,
             "caught_up": ctx.ingest.state.caught_up,
             "uptime_seconds": round(time.time() - ctx.started_at, 3),
-            "database": {"path": ctx.db_path, "state": "ok"},
+            "database": {
+                "path": ctx.db_path,
+                "state": "error" if ctx.ingest.state.last_error else "ok",
+                "error": ctx.ingest.state.last_error,
+            },
             "watcher": {
                 "state": watcher.state if watcher else "disabled",
                 "watched": watcher.watched if watcher else [],

@@ -91,6 +91,9 @@ async def _supervise_ingest(ingest: Ingest) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if ingest.state.last_error is None:
+                delay = 1.0  # it had recovered since the last failure
+            ingest.state.last_error = str(exc)
             log.error("ingest.failed", error=str(exc), retry_in_seconds=delay, exc_info=True)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)

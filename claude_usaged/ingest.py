@@ -53,6 +53,8 @@ class IngestState:
     last_scan_at: float | None = None
     bytes_read: int = 0
     unreadable: int = 0
+    last_error: str | None = None
+    """Why the last batch could not be stored (disk full, locked database), until one is."""
 
 
 class Ingest:
@@ -111,6 +113,7 @@ class Ingest:
                     self.state.last_scan_at = time.time()
                 await self._process(sorted(paths))
                 await self.store.settle()
+                self.state.last_error = None
             except Exception:
                 # answered after the retry that the supervisor schedules
                 self._waiters.extend(waiters)

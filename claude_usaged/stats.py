@@ -234,15 +234,16 @@ class ReadModel:
     async def totals(self) -> dict[str, Any]:
         async def compute() -> dict[str, Any]:
             rows = await self._all(
-                "SELECT count(*), sum(entries), sum(input + output + cache_creation + cache_read),"
-                " total(cost) FROM blocks"
+                "SELECT sum(unpriced), sum(entries),"
+                " sum(input + output + cache_creation + cache_read), total(cost) FROM blocks"
             )
             models = await self._all("SELECT DISTINCT model FROM agg_bucket WHERE unpriced > 0")
-            _, entries, tokens, cost = rows[0]
+            unpriced, entries, tokens, cost = rows[0]
             return {
                 "responses": entries or 0,
                 "total_tokens": tokens or 0,
-                "total_cost_usd": cost,
+                # as for a day or a block: null when no response has a known price
+                "total_cost_usd": None if entries and unpriced == entries else cost,
                 "unpriced_models": sorted(m for (m,) in models),
             }
 

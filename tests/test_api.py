@@ -7,6 +7,7 @@ Each expected number is worked out by hand in a comment beside it. Prices
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -651,12 +652,42 @@ async def test_sessions_and_projects(running: RunningDaemon) -> None:
 # -- /health and the seed's paths -----------------------------------------------
 
 
+async def test_a_failing_database_write_is_reported_and_retried_without_loss(
+    running: RunningDaemon,
+) -> None:
+    """A write that fails shows in /health; once writes work again nothing is lost."""
+    import sqlite3
+
+    other = sqlite3.connect(running.db, isolation_level=None)
+    other.execute(
+        "CREATE TRIGGER fail BEFORE INSERT ON responses "
+        "BEGIN SELECT RAISE(ABORT, 'simulated write failure'); END"
+    )
+    path = running.projects / "-p" / "s.jsonl"
+    write_lines(path, [assistant("m_f", "r_f", "2025-11-20T10:00:00.000Z", input_tokens=21)])
+    for _ in range(500):
+        health = await running.get("/health")
+        if health["database"]["state"] == "error":
+            break
+        await asyncio.sleep(0.01)
+    assert health["database"]["state"] == "error"
+    assert "simulated write failure" in health["database"]["error"]
+    assert (await running.get("/stats"))["total_tokens"] == 0
+    other.execute("DROP TRIGGER fail")
+    other.close()
+    # the supervisor retries after 1 s: the line is counted once, the error cleared
+    await running.wait_for(lambda s: s["total_tokens"] == 21)
+    health = await running.get("/health")
+    assert health["database"]["state"] == "ok"
+    assert (await running.get("/stats"))["ingest"]["responses"] == 1
+
+
 async def test_health_reports_catch_up_database_and_watcher(running: RunningDaemon) -> None:
     """/health answers 200 with caught_up, the database and the watched tree."""
     health = await running.get("/health")
     assert health["status"] == "ok"
     assert health["caught_up"] is True
-    assert health["database"] == {"path": str(running.db), "state": "ok"}
+    assert health["database"] == {"path": str(running.db), "state": "ok", "error": None}
     assert health["watcher"] == {
         "state": "running",
         "watched": [str(running.projects)],
