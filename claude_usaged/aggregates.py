@@ -1,8 +1,8 @@
 """Every aggregate from scratch, in one pass over the counted responses. Pure.
 
 The store uses this after a bulk load (the cold catch-up) instead of one SQL
-GROUP BY per table: one table scan and one sort cost less than four indexed
-scans. The incremental path keeps the same tables with SQL; tests check both
+GROUP BY per table: one pass in time order, read in chunks so memory does not
+grow with the history. The incremental path keeps the same tables with SQL; tests check both
 give identical rows.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from claude_usaged.usage import BUCKET_MS
-from claude_usaged.windows import Block, build_blocks
+from claude_usaged.windows import Block, floor_hour, opens_new_block
 
 ResponseRow = tuple[int, str, str, str, int, int, int, int, float | None]
 """(ts_ms, model, session_id, project, input, output, cache_creation, cache_read, cost)."""
@@ -41,32 +41,55 @@ def _sums(acc: list[Any], inp: int, out: int, cc: int, cr: int, cost: float | No
         acc[5] += cost
 
 
+class Aggregator:
+    """Feed counted responses in time order, in chunks; memory stays bounded by groups."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[int, str], list[Any]] = {}
+        self._sessions: dict[tuple[str, str], list[Any]] = {}
+        self._projects: dict[tuple[str, str], list[Any]] = {}
+        self._blocks: list[Block] = []
+        self._last_ts = -(2**62)
+
+    def feed(self, rows: Iterable[ResponseRow]) -> None:
+        buckets, sessions, projects = self._buckets, self._sessions, self._projects
+        block = self._blocks[-1] if self._blocks else None
+        for ts, model, session, project, inp, out, cc, cr, cost in rows:
+            if ts < self._last_ts:
+                raise ValueError("Aggregator.feed needs rows in time order")
+            self._last_ts = ts
+            acc = buckets.get((ts // BUCKET_MS, model))
+            if acc is None:
+                acc = buckets[(ts // BUCKET_MS, model)] = [0, 0, 0, 0, 0, 0.0, 0]
+            _sums(acc, inp, out, cc, cr, cost)
+            # rows are time-ordered: the first row seen is the earliest
+            acc = sessions.get((session, model))
+            if acc is None:
+                acc = sessions[(session, model)] = [0, 0, 0, 0, 0, 0.0, 0, project, ts, ts]
+            _sums(acc, inp, out, cc, cr, cost)
+            acc[9] = ts
+            acc = projects.get((project, model))
+            if acc is None:
+                acc = projects[(project, model)] = [0, 0, 0, 0, 0, 0.0, 0, ts, ts]
+            _sums(acc, inp, out, cc, cr, cost)
+            acc[8] = ts
+            if block is None or opens_new_block(block, ts):
+                block = Block(start_ms=floor_hour(ts), first_ms=ts, last_ms=ts)
+                self._blocks.append(block)
+            block.last_ms = ts
+            block.add_response(model, inp, out, cc, cr, cost)
+
+    def result(self) -> Aggregates:
+        out = Aggregates()
+        out.buckets = [(b, m, *acc) for (b, m), acc in self._buckets.items()]
+        out.sessions = [(s, m, a[7], a[8], a[9], *a[:7]) for (s, m), a in self._sessions.items()]
+        out.projects = [(p, m, a[7], a[8], *a[:7]) for (p, m), a in self._projects.items()]
+        out.blocks = self._blocks
+        return out
+
+
 def aggregate(rows: Iterable[ResponseRow]) -> Aggregates:
-    ordered = sorted(rows, key=lambda r: r[0])
-    buckets: dict[tuple[int, str], list[Any]] = {}
-    sessions: dict[tuple[str, str], list[Any]] = {}
-    projects: dict[tuple[str, str], list[Any]] = {}
-    for ts, model, session, project, inp, out, cc, cr, cost in ordered:
-        acc = buckets.get((ts // BUCKET_MS, model))
-        if acc is None:
-            acc = buckets[(ts // BUCKET_MS, model)] = [0, 0, 0, 0, 0, 0.0, 0]
-        _sums(acc, inp, out, cc, cr, cost)
-        # rows are time-ordered: the first row seen is the earliest
-        acc = sessions.get((session, model))
-        if acc is None:
-            acc = sessions[(session, model)] = [0, 0, 0, 0, 0, 0.0, 0, project, ts, ts]
-        _sums(acc, inp, out, cc, cr, cost)
-        acc[9] = ts
-        acc = projects.get((project, model))
-        if acc is None:
-            acc = projects[(project, model)] = [0, 0, 0, 0, 0, 0.0, 0, ts, ts]
-        _sums(acc, inp, out, cc, cr, cost)
-        acc[8] = ts
-    result = Aggregates()
-    result.buckets = [(b, m, *acc) for (b, m), acc in buckets.items()]
-    result.sessions = [(s, m, a[7], a[8], a[9], *a[:7]) for (s, m), a in sessions.items()]
-    result.projects = [(p, m, a[7], a[8], *a[:7]) for (p, m), a in projects.items()]
-    result.blocks = build_blocks(
-        (ts, model, inp, out, cc, cr, cost) for ts, model, _s, _p, inp, out, cc, cr, cost in ordered
-    )
-    return result
+    """Every aggregate of `rows` (any order)."""
+    aggregator = Aggregator()
+    aggregator.feed(sorted(rows, key=lambda r: r[0]))
+    return aggregator.result()
