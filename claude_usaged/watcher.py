@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -75,6 +76,24 @@ class _RootHandler(FileSystemEventHandler):
         self._watcher.schedule_roots()
 
 
+_WATCHDOG_LOG = logging.getLogger("watchdog.observers.inotify_c")
+"""watchdog reports a kernel queue overflow only as a warning on this logger."""
+
+
+class _OverflowHandler(logging.Handler):
+    """Turns watchdog's overflow warning into a rescan: lost events, not lost counts."""
+
+    def __init__(self, watcher: Watcher) -> None:
+        super().__init__(level=logging.WARNING)
+        self._watcher = watcher
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self._watcher.overflows += 1
+            log.warning("watch.overflow", action="rescan")
+            self._watcher.push({RESCAN})
+
+
 class Watcher:
     """Owns the observer; `batches()` yields debounced sets of changed paths."""
 
@@ -87,6 +106,8 @@ class Watcher:
         self._lock = threading.Lock()
         self._watches: dict[str, ObservedWatch] = {}
         self.error: str | None = None
+        self._overflow = _OverflowHandler(self)
+        self.overflows = 0
 
     @property
     def state(self) -> str:
@@ -103,6 +124,7 @@ class Watcher:
     async def start(self) -> None:
         """Start the observer; adding recursive watches runs in a thread (it walks trees)."""
         self._loop = asyncio.get_running_loop()
+        _WATCHDOG_LOG.addHandler(self._overflow)
         self._observer = Observer()
         self._observer.start()
         await asyncio.to_thread(self.schedule_roots)
@@ -123,6 +145,7 @@ class Watcher:
         return True
 
     def stop(self) -> None:
+        _WATCHDOG_LOG.removeHandler(self._overflow)
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=2)

@@ -258,3 +258,57 @@ async def test_reconcile_restarts_a_dead_watcher(tmp_path: Path) -> None:
             ],
         )
         await rd.wait_for(lambda s: s["total_tokens"] == 15)
+
+
+async def test_an_inotify_overflow_triggers_a_rescan(running: RunningDaemon) -> None:
+    """watchdog's overflow warning makes the daemon rescan at once, not at the next timer."""
+    import logging
+
+    await stop_watcher(running)  # no events: only a rescan can count the file
+    watcher = running.daemon._watcher
+    assert watcher is not None
+    write_lines(
+        running.projects / "-p" / "lost.jsonl",
+        [assistant("m_lost", "r_lost", "2025-11-20T10:00:00.000Z", input_tokens=13)],
+    )
+    with structlog.testing.capture_logs() as logs:
+        watcher._overflow.handle(
+            logging.LogRecord(
+                "watchdog.observers.inotify_c",
+                logging.WARNING,
+                __file__,
+                1,
+                "Inotify queue overflowed; filesystem events were lost",
+                None,
+                None,
+            )
+        )
+        # the default reconcile timer is 30 s: only the overflow's rescan can count it
+        await running.wait_for(lambda s: s["total_tokens"] == 13, timeout=5)
+    assert watcher.overflows == 1
+    assert any(e["event"] == "watch.overflow" for e in logs)
+
+
+QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+async def test_a_real_queue_overflow_loses_no_count(tmp_path: Path) -> None:
+    """With a 16-event inotify queue, 300 files written at once are all counted."""
+    try:
+        old = QUEUE_LIMIT.read_text()
+        QUEUE_LIMIT.write_text("16\n")
+    except OSError:
+        pytest.skip("cannot lower fs.inotify.max_queued_events here")
+    try:
+        root = tmp_path / "claude"
+        (root / "projects" / "-p").mkdir(parents=True)
+        async with daemon_on(root, tmp_path / "db" / "usage.sqlite3") as rd:
+            for i in range(300):
+                write_lines(
+                    root / "projects" / "-p" / f"s{i}.jsonl",
+                    [assistant(f"m{i}", f"r{i}", "2025-11-20T10:00:00.000Z", input_tokens=1)],
+                )
+            # 300 responses of 1 token each
+            await rd.wait_for(lambda s: s["total_tokens"] == 300, timeout=20)
+    finally:
+        QUEUE_LIMIT.write_text(old)
