@@ -57,7 +57,8 @@ def block_json(row: tuple[Any, ...], now_ms: int) -> dict[str, Any]:
     start, first, last, entries, inp, out, cc, cr, cost, unpriced, models = row
     totals = Totals(entries, inp, out, cc, cr, cost, unpriced)
     end = start + WINDOW_MS
-    active = now_ms - last < WINDOW_MS and now_ms < end
+    # start <= now: a block from a skewed clock's future is not the current one
+    active = start <= now_ms < end and now_ms - last < WINDOW_MS
     rate = projected = None
     if active and last > first:
         rate = totals.total_tokens / ((last - first) / 60_000)
@@ -129,13 +130,20 @@ class ReadModel:
             args = (*args, limit)
         return [block_json(row, now_ms) for row in await self._all(sql, args)]
 
-    async def _last_block(self) -> tuple[Any, ...] | None:
+    async def _block_at(self, now_ms: int) -> tuple[Any, ...] | None:
+        """The newest block that started by `now_ms` (only it can be active)."""
+
         async def compute() -> tuple[Any, ...] | None:
             rows = await self._all("SELECT * FROM blocks ORDER BY start DESC LIMIT 1")
             return rows[0] if rows else None
 
-        result: tuple[Any, ...] | None = await self._cached("last_block", compute)
-        return result
+        last: tuple[Any, ...] | None = await self._cached("last_block", compute)
+        if last is None or last[0] <= now_ms:
+            return last
+        rows = await self._all(
+            "SELECT * FROM blocks WHERE start <= ? ORDER BY start DESC LIMIT 1", (now_ms,)
+        )
+        return rows[0] if rows else None
 
     # -- days ------------------------------------------------------------------
 
@@ -252,7 +260,7 @@ class ReadModel:
 
     async def stats(self, now_ms: int) -> dict[str, Any]:
         totals = await self.totals()
-        last = await self._last_block()
+        last = await self._block_at(now_ms)
         current = None
         if last is not None:
             block = block_json(last, now_ms)

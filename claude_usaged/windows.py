@@ -26,7 +26,7 @@ class Block(Totals):
         return self.start_ms + WINDOW_MS
 
     def is_active(self, now_ms: int) -> bool:
-        return now_ms - self.last_ms < WINDOW_MS and now_ms < self.end_ms
+        return self.start_ms <= now_ms < self.end_ms and now_ms - self.last_ms < WINDOW_MS
 
 
 def floor_hour(ts_ms: int) -> int:

@@ -210,6 +210,31 @@ async def test_stats_window_follows_the_real_clock(running: RunningDaemon) -> No
     assert stats["current_window"]["projected_total_tokens"] is None
 
 
+async def test_a_block_from_a_skewed_future_is_not_the_current_window(
+    running: RunningDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a response stamped a day ahead, the window is still the one open now."""
+    fix_now(monkeypatch, "2026-11-20T12:00:00+00:00")
+    write_lines(
+        running.projects / "-home-dev-api" / "s1.jsonl",
+        [
+            # now's block: 10:00-15:00, 30 tokens
+            assistant("m_a", "r_a", "2026-11-20T10:30:00.000Z", input_tokens=30),
+            # a clock a day ahead: its own block 2026-11-21 11:00, 500 tokens
+            assistant("m_b", "r_b", "2026-11-21T11:15:00.000Z", input_tokens=500),
+        ],
+    )
+    stats = await running.wait_for(lambda s: s["total_tokens"] == 530)
+    assert stats["is_within_active_window"] is True
+    assert stats["current_window_tokens"] == 30
+    assert stats["next_reset_at"] == "2026-11-20T15:00:00Z"
+    blocks = (await running.get("/blocks"))["blocks"]
+    assert [(b["start"], b["is_active"]) for b in blocks] == [
+        ("2026-11-20T10:00:00Z", True),
+        ("2026-11-21T11:00:00Z", False),
+    ]
+
+
 # -- /blocks --------------------------------------------------------------------
 
 
