@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 
 from claude_usaged import __version__
+from claude_usaged.forwarder import Forwarder, disabled_json
 from claude_usaged.ingest import Ingest
 from claude_usaged.stats import ReadModel, iso
 from claude_usaged.watcher import Watcher
@@ -32,6 +33,7 @@ class ApiContext:
     watcher: Watcher | None
     db_path: str
     started_at: float
+    forwarder: Forwarder | None = None
 
 
 CONTEXT = web.AppKey("context", ApiContext)
@@ -106,6 +108,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _json({"error": exc.message, "parameter": exc.name}, status=400)
 
 
+def forwarding_json(ctx: ApiContext) -> dict[str, Any]:
+    return ctx.forwarder.state_json() if ctx.forwarder else disabled_json()
+
+
 def ingest_json(ctx: ApiContext) -> dict[str, Any]:
     state = ctx.ingest.state
     return {
@@ -126,6 +132,7 @@ async def stats(request: web.Request) -> web.Response:
     ingest = ingest_json(ctx)
     ingest["responses"] = totals["responses"]
     body["ingest"] = ingest
+    body["forwarding"] = forwarding_json(ctx)
     return _json(body)
 
 
@@ -177,6 +184,7 @@ async def health(request: web.Request) -> web.Response:
                 "error": watcher.error if watcher else None,
             },
             "ingest": ingest_json(ctx),
+            "forwarding": forwarding_json(ctx),
         }
     )
 

@@ -1,37 +1,46 @@
 """The `claude-usaged` command: subcommands, and errors as one line and an exit code.
 
-Exit codes: 0 success; 1 unexpected failure; 2 bad command line; 3 the daemon
-could not start (bad setting, port taken, database unwritable).
+Exit codes: 0 success; 1 unexpected failure, or a service manager command
+failed; 2 bad command line or a value the API refused; 3 a bad setting, or
+the daemon could not start (port taken, database unwritable); 4 no daemon is
+running (client commands).
+
+Imports are deferred to the command that needs them: `statusline` runs on
+every prompt and must not pay for pydantic, aiohttp or rich, and the client
+commands must not pay for pydantic.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from claude_usaged import __version__
-from claude_usaged.settings import SOURCES, Settings, SettingsError, load_settings
 
+# `typing` costs ~3 ms to import; this path runs on every prompt (mypy knows the idiom)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
 EXIT_STARTUP = 3
+EXIT_NO_DAEMON = 4
+CLIENT_COMMANDS = ("stats", "blocks", "daily", "sessions", "projects")
 
 
 def _settings_help(name: str) -> str:
+    from claude_usaged.settings import SOURCES, Settings
+
     field = Settings.model_fields[name]
     _flag, var = SOURCES[name]
     return f"{field.description} (env {var})"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="claude-usaged",
-        description="Counts Claude Code usage from its transcripts and serves it on localhost.",
-    )
-    parser.add_argument("--version", action="version", version=f"claude-usaged {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the daemon in the foreground")
+def _add_settings_arguments(run: argparse.ArgumentParser) -> None:
+    """The daemon's settings as flags (of `run`, and of `service install`)."""
+    from pathlib import Path
+
     run.add_argument(
         "--claude-dir",
         dest="claude_dirs",
@@ -60,12 +69,88 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help=_settings_help("log_level"),
     )
+    run.add_argument("--forward-url", metavar="URL", help=_settings_help("forward_url"))
+    run.add_argument("--forward-token", metavar="TOKEN", help=_settings_help("forward_token"))
+    run.add_argument("--forward-timeout", metavar="SECONDS", help=_settings_help("forward_timeout"))
+
+
+def _add_client_arguments(cmd: argparse.ArgumentParser, *, dates: bool = False) -> None:
+    cmd.add_argument("--url", help="the daemon's address (default: from its address file)")
+    cmd.add_argument("--db", metavar="PATH", help="find the daemon of this database")
+    cmd.add_argument("--json", action="store_true", help="print the API's JSON as it is")
+    cmd.add_argument("--tz", metavar="ZONE", help="IANA zone for times and days")
+    if dates:
+        cmd.add_argument("--since", metavar="DATE", help="from this date (YYYY-MM-DD)")
+        cmd.add_argument("--until", metavar="DATE", help="up to this date (YYYY-MM-DD)")
+
+
+def build_parser(settings_help: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; without `settings_help` the settings flags (whose help
+    comes from pydantic's Settings) are left out, for commands that do not take them."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="claude-usaged",
+        description="Counts Claude Code usage from its transcripts and serves it on localhost.",
+    )
+    parser.add_argument("--version", action="version", version=f"claude-usaged {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    if settings_help:
+        _add_settings_arguments(run)
+    sync = sub.add_parser("sync", help="catch up and forward everything pending, then exit")
+    sync.add_argument(
+        "--once", action="store_true", required=True, help="one pass (for cron); required"
+    )
+    if settings_help:
+        _add_settings_arguments(sync)
+    stats = sub.add_parser("stats", help="the current window, today and all time")
+    _add_client_arguments(stats)
+    blocks = sub.add_parser("blocks", help="5-hour blocks")
+    _add_client_arguments(blocks, dates=True)
+    blocks.add_argument("--limit", metavar="N", help="only the newest N blocks")
+    daily = sub.add_parser("daily", help="usage and cost per day")
+    _add_client_arguments(daily, dates=True)
+    sessions = sub.add_parser("sessions", help="usage and cost per session")
+    _add_client_arguments(sessions)
+    sessions.add_argument("--project", help="only the sessions of this project path")
+    projects = sub.add_parser("projects", help="usage and cost per project")
+    _add_client_arguments(projects)
+    sub.add_parser(
+        "statusline",
+        help="one line for Claude Code's status bar (reads its JSON on stdin)",
+        add_help=False,
+    )
+    service = sub.add_parser("service", help="install the daemon as a user service")
+    actions = service.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("install", "write, enable and start the systemd user unit or launchd agent"),
+        ("uninstall", "stop it and remove what install wrote"),
+        ("status", "is it installed and running"),
+        ("logs", "its recent log lines"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument(
+            "--platform", choices=["systemd", "launchd"], help="default: this machine's"
+        )
+        if name in ("install", "uninstall"):
+            action.add_argument(
+                "--dry-run", action="store_true", help="print what would be written and run"
+            )
+        if name == "install" and settings_help:
+            _add_settings_arguments(action)
+        if name == "logs":
+            action.add_argument("-n", "--lines", type=int, default=100, metavar="N")
+            action.add_argument("-f", "--follow", action="store_true")
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
     from claude_usaged.daemon import Daemon, StartupError
     from claude_usaged.log import configure_logging
+    from claude_usaged.settings import SettingsError, load_settings
 
     try:
         settings = load_settings(vars(args))
@@ -83,11 +168,126 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_path(args: argparse.Namespace) -> str:
+    from urllib.parse import urlencode
+
+    query = {
+        "since": getattr(args, "since", None),
+        "until": getattr(args, "until", None),
+        "limit": getattr(args, "limit", None),
+        "project": getattr(args, "project", None),
+        "tz": args.tz if args.command == "daily" else None,
+    }
+    given = {k: v for k, v in query.items() if v is not None}
+    return f"/{args.command}" + (f"?{urlencode(given)}" if given else "")
+
+
+def _client(args: argparse.Namespace) -> int:
+    """Ask the running daemon and print its answer as a table, or as it is with --json."""
+    import json
+
+    from claude_usaged.client import ApiError, DaemonDown, fetch_text, find_url
+
+    zone = None
+    if args.tz:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            zone = ZoneInfo(args.tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            print(
+                f"claude-usaged: unknown time zone {args.tz!r} (use an IANA name)", file=sys.stderr
+            )
+            return EXIT_USAGE
+    try:
+        text = fetch_text(find_url(args.url, args.db), _client_path(args))
+    except DaemonDown as exc:
+        print(
+            f"claude-usaged: no daemon is running ({exc}).\n"
+            "Start it with `claude-usaged run`, or once for good with "
+            "`claude-usaged service install`.",
+            file=sys.stderr,
+        )
+        return EXIT_NO_DAEMON
+    except ApiError as exc:
+        print(f"claude-usaged: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return 0
+    from claude_usaged import render
+
+    data = json.loads(text)
+    console = render.make_console()
+    if args.command == "daily":
+        render.render_daily(data, console)
+    else:
+        getattr(render, f"render_{args.command}")(data, console, zone)
+    return 0
+
+
+def _service(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from claude_usaged.service import (
+        Runner,
+        Service,
+        ServiceError,
+        chosen_environment,
+        detect_platform,
+    )
+    from claude_usaged.settings import SettingsError
+
+    platform = args.platform or detect_platform()
+    if platform is None:
+        print(
+            "claude-usaged: found neither systemd (systemctl) nor launchd on this machine; "
+            "run `claude-usaged run` under the service manager you use",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    service = Service(platform, Path.home(), os.environ)
+    runner = Runner(sys.stdout, getattr(args, "dry_run", False))
+    try:
+        if args.action == "install":
+            service.install(chosen_environment(vars(args), os.environ), runner)
+        elif args.action == "uninstall":
+            service.uninstall(runner)
+        elif args.action == "status":
+            return service.status(runner)
+        else:
+            return service.logs(runner, args.lines, args.follow)
+    except SettingsError as exc:
+        print(f"claude-usaged: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except ServiceError as exc:
+        print(f"claude-usaged: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["statusline"]:
+        # before anything else is imported: this runs on every prompt
+        from claude_usaged.statusline import main as statusline
+
+        return statusline(argv[1:])
+    args = build_parser(settings_help=argv[:1] not in [[c] for c in CLIENT_COMMANDS]).parse_args(
+        argv
+    )
     if args.command == "run":
         return _run(args)
-    return 2
+    if args.command in CLIENT_COMMANDS:
+        return _client(args)
+    if args.command == "service":
+        return _service(args)
+    if args.command == "sync":
+        from claude_usaged.sync import main as sync
+
+        return sync(vars(args))
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

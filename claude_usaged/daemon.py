@@ -20,6 +20,7 @@ from aiohttp import web
 
 from claude_usaged import sdnotify
 from claude_usaged.api import ApiContext, make_app
+from claude_usaged.forwarder import Forwarder
 from claude_usaged.ingest import Ingest
 from claude_usaged.paths import address_file
 from claude_usaged.pricing import PriceFileError, PriceTable
@@ -100,6 +101,14 @@ async def _supervise_ingest(ingest: Ingest) -> None:
             ingest.request_rescan()
 
 
+def forwarder_for(settings: Settings, store: Store) -> Forwarder | None:
+    """The outbox's delivery loop when a forward URL is set (`run` and `sync --once`)."""
+    if not settings.forward_url:
+        return None
+    token = settings.forward_token.get_secret_value() if settings.forward_token else None
+    return Forwarder(store, settings.forward_url, token, timeout=settings.forward_timeout)
+
+
 class Daemon:
     """The running daemon; `await Daemon(settings).run()` until stopped."""
 
@@ -111,6 +120,7 @@ class Daemon:
         self._read: ReadModel | None = None
         self._watcher: Watcher | None = None
         self._runner: web.AppRunner | None = None
+        self.forwarder: Forwarder | None = None
         self.address: tuple[str, int] | None = None
 
     async def startup(self) -> None:
@@ -120,12 +130,15 @@ class Daemon:
         except PriceFileError as exc:
             raise StartupError(f"bad price file: {exc}") from None
         try:
-            self._store = await Store.open(s.db, prices)
+            self._store = await Store.open(s.db, prices, forward_to=s.forward_url)
         except StoreError as exc:
             raise StartupError(str(exc)) from None
         store = self._store
         ingest = Ingest(store, s.claude_dirs)
         await ingest.start()
+        self.forwarder = forwarder_for(s, store)
+        if self.forwarder is not None:
+            ingest.listeners.append(self.forwarder.wake)
         self._read = await ReadModel.open(s.db, s.zone, lambda: store.generation)
         self._watcher = Watcher(s.claude_dirs)
         ctx = ApiContext(
@@ -134,6 +147,7 @@ class Daemon:
             watcher=self._watcher,
             db_path=str(s.db),
             started_at=time.time(),
+            forwarder=self.forwarder,
         )
         # listen first: a taken port fails before any reading starts
         self._runner = web.AppRunner(make_app(ctx), access_log=None, handle_signals=False)
@@ -153,6 +167,9 @@ class Daemon:
                 _reconcile(ingest, self._watcher, s.reconcile_interval), name="reconcile"
             )
         )
+        if self.forwarder is not None:
+            # last started, first stopped: an unacknowledged batch is simply sent again
+            self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forward"))
         host, port = self._runner.addresses[0][:2]
         self.address = (host, port)
         write_address(address_file(s.db), host, port)

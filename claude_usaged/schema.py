@@ -102,6 +102,29 @@ MIGRATIONS: list[str] = [
         models TEXT NOT NULL
     );
     """,
+    # 2: outbox for forwarding, and this machine's id
+    """
+    -- one row per response change still to deliver; `batch` is NULL while it is
+    -- pending (at most one pending row per key: a later change coalesces into
+    -- it) and names the frozen batch it was sent in afterwards
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        batch TEXT
+    );
+    CREATE UNIQUE INDEX outbox_pending ON outbox(key) WHERE batch IS NULL;
+    CREATE INDEX outbox_batched ON outbox(batch) WHERE batch IS NOT NULL;
+
+    -- the batch being delivered: its body is sent byte for byte on every retry,
+    -- with its id as the Idempotency-Key, until the receiver acknowledges it
+    CREATE TABLE outbox_batches (
+        id TEXT PRIMARY KEY,
+        created_ms INTEGER NOT NULL,
+        body BLOB NOT NULL
+    );
+
+    INSERT OR IGNORE INTO meta(name, value) VALUES ('machine_id', lower(hex(randomblob(16))));
+    """,
 ]
 
 RESPONSE_INDEXES: dict[str, str] = {

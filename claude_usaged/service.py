@@ -35,10 +35,10 @@ class ServiceError(RuntimeError):
 
 
 def detect_platform(
-    platform: str = sys.platform, which: Callable[[str], str | None] = shutil.which
+    platform: str | None = None, which: Callable[[str], str | None] = shutil.which
 ) -> Platform | None:
     """launchd on macOS, systemd where `systemctl` is on PATH, else None."""
-    if platform == "darwin":
+    if (sys.platform if platform is None else platform) == "darwin":
         return "launchd"
     if which("systemctl"):
         return "systemd"
@@ -58,7 +58,7 @@ def _template(name: str) -> str:
 def _systemd_escape(value: str) -> str:
     """A word for a unit file: `%` is a specifier there, quotes and backslashes are syntax."""
     value = value.replace("%", "%%")
-    if any(c in value for c in ' \t"\\\'') or not value:
+    if any(c in value for c in " \t\"\\'") or not value:
         value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return value
 
@@ -166,19 +166,26 @@ class Service:
             return False
         return bool(label == LAUNCHD_LABEL)
 
-    def install(self, environment: Mapping[str, str], data_dir: Path, runner: Runner) -> None:
-        content = self.render(environment, data_dir)
+    def install(self, chosen: Chosen, runner: Runner) -> None:
+        data_dir = chosen.data_dir
+        content = self.render(chosen.environment, data_dir)
         path = self.path
         existing = path.read_bytes() if path.exists() else None
         changed = existing != content
         if runner.dry_run:
             runner.say(f"would write {path}:" if changed else f"{path} is up to date")
             if changed:
-                runner.say(content.decode().rstrip("\n"))
+                shown = content.decode()
+                for secret in chosen.secrets:
+                    shown = shown.replace(secret, "**********")
+                runner.say(shown.rstrip("\n"))
         elif changed:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(content)
+            # 0600: the environment may hold a token
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
             os.replace(tmp, path)
             runner.say(f"wrote {path}")
         else:
@@ -240,3 +247,47 @@ class Service:
         if follow:
             argv.append("-f")
         return runner.run(argv, check=False)
+
+
+def _env_value(value: Any) -> str:
+    if hasattr(value, "get_secret_value"):
+        return str(value.get_secret_value())
+    if isinstance(value, list):
+        return ",".join(_env_value(v) for v in value)
+    if isinstance(value, Path):
+        # the service starts in another directory: relative paths would move
+        return str(value.absolute())
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The settings given at install time, as the service's environment."""
+
+    environment: dict[str, str]
+    data_dir: Path
+    secrets: frozenset[str]
+
+
+def chosen_environment(flags: Mapping[str, Any], env: Mapping[str, str]) -> Chosen:
+    """The settings given at install time (flags over environment), validated, as the
+    environment variables the service will see; the database's directory; the secrets.
+
+    Only what was chosen (given, or other than the default) is written, so a
+    default (the machine's zone, say) is still worked out when the service
+    starts. Raises SettingsError.
+    """
+    from claude_usaged.settings import SOURCES, Settings, load_settings
+
+    settings = load_settings(flags, env)
+    chosen: dict[str, str] = {}
+    secrets: set[str] = set()
+    for name, (_flag, var) in SOURCES.items():
+        value = getattr(settings, name)
+        default = Settings.model_fields[name].get_default(call_default_factory=True)
+        given = flags.get(name) not in (None, []) or env.get(var, "").strip()
+        if given or value != default:
+            chosen[var] = _env_value(value)
+            if hasattr(value, "get_secret_value"):
+                secrets.add(chosen[var])
+    return Chosen(chosen, settings.db.absolute().parent, frozenset(secrets))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from claude_usaged.paths import default_claude_dirs, default_db_path, machine_timezone
 
@@ -44,6 +44,22 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Lowest level logged"
     )
+    forward_url: str | None = Field(
+        default=None, description="Endpoint that counted usage is forwarded to (POST JSON)"
+    )
+    forward_token: SecretStr | None = Field(
+        default=None, description="Bearer token sent with forwarded usage (never shown)"
+    )
+    forward_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds one forwarding request may take"
+    )
+
+    @field_validator("forward_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
     @field_validator("tz")
     @classmethod
@@ -77,7 +93,24 @@ SOURCES: dict[str, tuple[str, str]] = {
     "reconcile_interval": ("--reconcile-interval", "CLAUDE_USAGED_RECONCILE_INTERVAL"),
     "log_format": ("--log-format", "CLAUDE_USAGED_LOG_FORMAT"),
     "log_level": ("--log-level", "CLAUDE_USAGED_LOG_LEVEL"),
+    "forward_url": ("--forward-url", "CLAUDE_USAGED_FORWARD_URL"),
+    "forward_token": ("--forward-token", "CLAUDE_USAGED_FORWARD_TOKEN"),
+    "forward_timeout": ("--forward-timeout", "CLAUDE_USAGED_FORWARD_TIMEOUT"),
 }
+
+COMPAT_FORWARD = ("CLAUDE_USAGE_API_URL", "CLAUDE_USAGE_API_TOKEN")
+"""The setup guide's variables: forward to `$CLAUDE_USAGE_API_URL/app/claude-usage/agent-sync/`."""
+
+
+def _compat_forwarding(env: Mapping[str, str], values: dict[str, tuple[Any, str]]) -> None:
+    """The cron agent's variables, used only where ours are not set."""
+    url_var, token_var = COMPAT_FORWARD
+    url, token = env.get(url_var, "").strip(), env.get(token_var, "").strip()
+    if url and "forward_url" not in values:
+        endpoint = url.rstrip("/") + "/app/claude-usage/agent-sync/"
+        values["forward_url"] = (endpoint, f"environment variable {url_var}")
+    if token and "forward_token" not in values:
+        values["forward_token"] = (token, f"environment variable {token_var}")
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
@@ -90,6 +123,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
         if name == "claude_dirs":
             value = default_claude_dirs({"CLAUDE_CONFIG_DIR": raw})
         values[name] = (value, f"environment variable {var}")
+    _compat_forwarding(env, values)
     return values
 
 

@@ -13,17 +13,21 @@ is empty, and a restart finishes that rebuild if a crash interrupted it.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 import structlog
 
-from claude_usaged.aggregates import aggregate
+from claude_usaged import outbox
+from claude_usaged.aggregates import Aggregator
 from claude_usaged.pricing import PriceTable
 from claude_usaged.schema import MIGRATIONS, PRAGMAS, RESPONSE_INDEXES
 from claude_usaged.tailer import Cursor, TailResult
@@ -36,6 +40,7 @@ BULK_THRESHOLD = 2000
 """Batches with more new responses than this rebuild aggregates in one pass."""
 
 _IN_CHUNK = 500
+REBUILD_CHUNK = 20_000
 
 _TOTAL = "(input + output + cache_creation + cache_read)"
 
@@ -150,6 +155,23 @@ def create_private_file(path: Path) -> None:
     os.close(fd)
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _serialized(
+    method: Callable[Concatenate[Store, _P], Awaitable[_T]],
+) -> Callable[Concatenate[Store, _P], Coroutine[Any, Any, _T]]:
+    """One write transaction at a time on the one connection (ingest and forwarder)."""
+
+    @functools.wraps(method)
+    async def locked(store: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        async with store._writing:
+            return await method(store, *args, **kwargs)
+
+    return locked
+
+
 class Store:
     """The single writer. Use `await Store.open(...)`."""
 
@@ -159,9 +181,15 @@ class Store:
         self.prices = prices
         self.generation = 0
         """Bumped after every commit that changed usage; read models cache on it."""
+        self.forwarding = False
+        """When set, `apply` queues every new or changed response in the outbox."""
+        self.outbox_pending = 0
+        """Outbox rows not yet acknowledged by the receiver."""
+        self._writing = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path, prices: PriceTable) -> Store:
+    async def open(cls, path: Path, prices: PriceTable, *, forward_to: str | None = None) -> Store:
+        """Open (creating or migrating) the database; `forward_to` enables the outbox."""
         try:
             create_private_file(path)
             db = await aiosqlite.connect(path, isolation_level=None)
@@ -171,6 +199,8 @@ class Store:
         try:
             await store._migrate()
             await store._recover()
+            if forward_to:
+                await store._start_forwarding(forward_to)
         except aiosqlite.Error as exc:
             await db.close()
             raise StoreError(f"cannot use database {path}: {exc}") from exc
@@ -230,6 +260,7 @@ class Store:
 
     # -- writing ---------------------------------------------------------------
 
+    @_serialized
     async def apply(self, results: Sequence[TailResult]) -> ApplyOutcome:
         """Store a batch of tailed files and their cursors in one transaction."""
         best = dedupe(rec for res in results for rec in res.parsed.records)
@@ -257,10 +288,12 @@ class Store:
             )
             await self._bump_counter("lines", lines)
             await self._bump_counter("skipped_lines", skipped)
+            queued = await self._enqueue_outbox(changed)
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
             raise
+        self.outbox_pending += queued
         if changed or lines:
             self.generation += 1
         return ApplyOutcome(changed=changed, lines=lines, skipped=skipped)
@@ -378,6 +411,7 @@ class Store:
             [_block_row(b) for b in blocks],
         )
 
+    @_serialized
     async def settle(self) -> bool:
         """Rebuild every aggregate if a bulk batch left them dirty; True if it did."""
         if await self._meta("dirty") != "1":
@@ -400,12 +434,14 @@ class Store:
         # non-sidechain rows are always counted: only the others can change
         await db.execute("UPDATE responses SET counted = 1 WHERE counted = 0 AND is_sidechain = 0")
         await db.execute(f"{_COUNTED} WHERE is_sidechain = 1")
+        aggregator = Aggregator()
         async with db.execute(
             "SELECT ts, model, session_id, project, input, output, cache_creation, cache_read, "
-            "cost FROM responses NOT INDEXED WHERE counted = 1"
+            "cost FROM responses WHERE counted = 1 ORDER BY ts"
         ) as cur:
-            rows = await cur.fetchall()
-        agg = aggregate(rows)  # type: ignore[arg-type]
+            while rows := await cur.fetchmany(REBUILD_CHUNK):
+                aggregator.feed(rows)  # type: ignore[arg-type]
+        agg = aggregator.result()
         for table in ("agg_bucket", "agg_session", "agg_project", "blocks"):
             await db.execute(f"DELETE FROM {table}")
         await db.executemany("INSERT INTO agg_bucket VALUES (?,?,?,?,?,?,?,?,?)", agg.buckets)
@@ -418,6 +454,7 @@ class Store:
             [_block_row(b) for b in agg.blocks],
         )
 
+    @_serialized
     async def reprice(self) -> None:
         """Recompute every response's cost with the current price table."""
         db = self._db
@@ -446,6 +483,42 @@ class Store:
         if rows:
             log.info("store.repriced", responses=len(rows))
         self.generation += 1
+
+    # -- outbox (forwarding) -----------------------------------------------------
+
+    async def _enqueue_outbox(self, changed: Sequence[UsageRecord]) -> int:
+        """Queue changed responses for forwarding, inside `apply`'s transaction."""
+        if not self.forwarding or not changed:
+            return 0
+        return await outbox.enqueue(self._db, [r.key for r in changed])
+
+    async def _start_forwarding(self, target: str) -> None:
+        """Enable the outbox; queue all history once per new forwarding target."""
+        fingerprint = hashlib.sha256(target.encode()).hexdigest()[:16]
+        if await self._meta("forward_target") != fingerprint:
+
+            async def seed(db: aiosqlite.Connection) -> int:
+                await self._set_meta("forward_target", fingerprint)
+                return await outbox.seed(db)
+
+            queued = await self.write(seed)
+            if queued:
+                log.info("outbox.seeded", responses=queued)
+        self.forwarding = True
+        self.outbox_pending = await outbox.count(self._db)
+
+    @_serialized
+    async def write(self, fn: Callable[[aiosqlite.Connection], Awaitable[_T]]) -> _T:
+        """Run `fn` on the writer connection in one transaction, never beside `apply`."""
+        db = self._db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            result = await fn(db)
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        return result
 
 
 def _block_row(b: Block) -> tuple[Any, ...]:

@@ -1,0 +1,121 @@
+"""`claude-usaged sync --once`: catch up, forward everything pending, exit.
+
+For people who keep the setup guide's cron job. It reads the transcripts into
+the database exactly as the daemon does (no HTTP server, no watcher), then
+drains the outbox with the daemon's forwarder, and prints one line:
+`✓ Sync successful: Synced N projects, M sessions, K snapshots`, or why not.
+Exit status: 0 when nothing is left to send, 1 when something is still
+pending, 3 when it cannot start (bad setting, no forward URL, database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from claude_usaged.daemon import StartupError, forwarder_for
+from claude_usaged.forwarder import DrainResult
+from claude_usaged.ingest import Ingest
+from claude_usaged.paths import address_file
+from claude_usaged.pricing import PriceFileError, PriceTable
+from claude_usaged.settings import Settings, SettingsError, load_settings
+from claude_usaged.store import Store, StoreError
+
+EXIT_PENDING = 1
+EXIT_STARTUP = 3
+
+
+def _running_daemon(settings: Settings) -> int | None:
+    """The pid of a live daemon on this database: it forwards by itself."""
+    try:
+        pid = int(json.loads(address_file(settings.db).read_text())["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid
+
+
+async def _catch_up(ingest: Ingest) -> None:
+    """One rescan of every transcript, applied and settled."""
+    await ingest.start()
+    loop = asyncio.create_task(ingest.run(), name="ingest")
+    done = ingest.request_rescan()
+    try:
+        await asyncio.wait({loop, done}, return_when=asyncio.FIRST_COMPLETED)
+        if loop.done():
+            loop.result()  # the loop failed: raise its error
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+
+
+async def sync_once(settings: Settings) -> DrainResult:
+    """Catch up, then deliver until the outbox is empty or a request fails."""
+    pid = _running_daemon(settings)
+    if pid is not None:
+        raise StartupError(
+            f"the daemon (pid {pid}) is running on {settings.db} and forwards by itself"
+        )
+    try:
+        prices = PriceTable.load(settings.prices)
+    except PriceFileError as exc:
+        raise StartupError(f"bad price file: {exc}") from None
+    try:
+        store = await Store.open(settings.db, prices, forward_to=settings.forward_url)
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        await _catch_up(Ingest(store, settings.claude_dirs))
+        forwarder = forwarder_for(settings, store)
+        assert forwarder is not None
+        return await forwarder.drain()
+    finally:
+        await store.close()
+
+
+def summary(result: DrainResult) -> str:
+    """The setup guide's line, or the error and what is left."""
+    d = result.delivered
+    if result.error is None and not result.pending:
+        return (
+            f"✓ Sync successful: Synced {len(d.projects)} projects, "
+            f"{len(d.sessions)} sessions, {d.snapshots} snapshots"
+        )
+    reason = result.error or "a bulk load is still being settled"
+    return (
+        f"✗ Sync failed: {reason} (synced {d.snapshots} snapshots, "
+        f"{result.pending} responses still pending)"
+    )
+
+
+def main(flags: Mapping[str, Any]) -> int:
+    from claude_usaged.log import configure_logging
+
+    try:
+        settings = load_settings(flags)
+    except SettingsError as exc:
+        print(f"claude-usaged: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    if not settings.forward_url:
+        print(
+            "claude-usaged: sync needs somewhere to send to: --forward-url, "
+            "CLAUDE_USAGED_FORWARD_URL or CLAUDE_USAGE_API_URL",
+            file=sys.stderr,
+        )
+        return EXIT_STARTUP
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        result = asyncio.run(sync_once(settings))
+    except StartupError as exc:
+        print(f"claude-usaged: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    line = summary(result)
+    ok = result.error is None and not result.pending
+    print(line, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else EXIT_PENDING

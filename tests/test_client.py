@@ -1,0 +1,130 @@
+"""Client commands (`stats`, `blocks`, `daily`, `sessions`, `projects`) against a real daemon.
+
+Each command runs as its own process, as a user runs it, and finds the daemon
+through the address file beside the database (`--db`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import RunningDaemon, assistant, write_lines
+
+ENC = "-home-dev-api"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDE_USAGED_")}
+    env.pop("NO_COLOR", None)
+    env.pop("COLUMNS", None)
+    env.update(TZ="UTC", **extra)
+    return env
+
+
+async def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m claude_usaged ARGS` without blocking the daemon's event loop."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "claude_usaged", *args],
+        env=cli_env(**env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+async def raw(running: RunningDaemon, path: str) -> str:
+    async with running.http.get(running.url + path) as resp:
+        return await resp.text()
+
+
+@pytest.fixture
+async def history(running: RunningDaemon) -> RunningDaemon:
+    """Two days, two sessions, two models, in one project."""
+    write_lines(
+        running.projects / ENC / "s1.jsonl",
+        [
+            assistant("m1", "r1", "2025-09-03T10:00:00.000Z", input_tokens=1000, output_tokens=500),
+            assistant(
+                "m2",
+                "r2",
+                "2025-09-03T11:30:00.000Z",
+                model="claude-opus-4-1-20250805",
+                input_tokens=20,
+                output_tokens=3000,
+                cache_read=120000,
+            ),
+        ],
+    )
+    write_lines(
+        running.projects / ENC / "s2.jsonl",
+        [
+            assistant(
+                "m3",
+                "r3",
+                "2025-09-04T08:15:00.000Z",
+                session="s2",
+                input_tokens=7,
+                output_tokens=42000,
+                cache_creation=9000,
+            )
+        ],
+    )
+    await running.refresh()
+    return running
+
+
+@pytest.mark.parametrize(
+    ("args", "path"),
+    [
+        (["daily"], "/daily"),
+        (
+            ["daily", "--since", "2025-09-04", "--tz", "Asia/Kolkata"],
+            "/daily?since=2025-09-04&tz=Asia%2FKolkata",
+        ),
+        (["blocks", "--until", "2025-09-04"], "/blocks?until=2025-09-04"),
+        (["blocks", "--limit", "1"], "/blocks?limit=1"),
+        (["sessions", "--project", "/home/dev/api"], "/sessions?project=%2Fhome%2Fdev%2Fapi"),
+        (["projects"], "/projects"),
+    ],
+)
+async def test_json_prints_exactly_what_the_api_answers(
+    history: RunningDaemon, args: list[str], path: str
+) -> None:
+    """--json prints the API's body byte for byte, with the filters passed through."""
+    proc = await cli(*args, "--json", "--db", str(history.db))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout == await raw(history, path) + "\n"
+
+
+async def test_daily_table_looks_like_ccusage(history: RunningDaemon) -> None:
+    """`daily` prints one row per day with short model names, thousands separators and a total."""
+    proc = await cli("daily", "--db", str(history.db))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout == (FIXTURES / "daily_table.txt").read_text()
+
+
+async def test_no_daemon_says_so_and_how_to_start_it(tmp_path: Path) -> None:
+    """Without a running daemon a client command explains how to start one and exits 4."""
+    db = tmp_path / "usage.sqlite3"
+    proc = await cli("stats", "--db", str(db))
+    assert (proc.returncode, proc.stdout) == (4, "")
+    assert proc.stderr == (
+        f"claude-usaged: no daemon is running (no address file at {db}.addr).\n"
+        "Start it with `claude-usaged run`, or once for good with "
+        "`claude-usaged service install`.\n"
+    )
+
+
+async def test_a_value_the_api_refuses_exits_2_with_its_message(running: RunningDaemon) -> None:
+    """A bad --since is reported with the API's own words and exit status 2."""
+    proc = await cli("daily", "--since", "soon", "--db", str(running.db))
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == "claude-usaged: since must be a date like 2026-11-26, got 'soon'\n"
