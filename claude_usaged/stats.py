@@ -89,6 +89,7 @@ class ReadModel:
         self.default_tz = default_tz
         self._generation = generation
         self._cache: dict[str, tuple[int, Any]] = {}
+        self._block_cache: tuple[int, int, int, tuple[Any, ...] | None] | None = None
 
     @classmethod
     async def open(
@@ -131,19 +132,24 @@ class ReadModel:
         return [block_json(row, now_ms) for row in await self._all(sql, args)]
 
     async def _block_at(self, now_ms: int) -> tuple[Any, ...] | None:
-        """The newest block that started by `now_ms` (only it can be active)."""
+        """The newest block that started by `now_ms` (only it can be active).
 
-        async def compute() -> tuple[Any, ...] | None:
-            rows = await self._all("SELECT * FROM blocks ORDER BY start DESC LIMIT 1")
-            return rows[0] if rows else None
-
-        last: tuple[Any, ...] | None = await self._cached("last_block", compute)
-        if last is None or last[0] <= now_ms:
-            return last
+        Cached with the start of the block after it, so a clock skewed into
+        the future costs a query only when the answer can change.
+        """
+        generation = self._generation()
+        hit = self._block_cache
+        if hit is not None and hit[0] == generation and hit[1] <= now_ms < hit[2]:
+            return hit[3]
         rows = await self._all(
             "SELECT * FROM blocks WHERE start <= ? ORDER BY start DESC LIMIT 1", (now_ms,)
         )
-        return rows[0] if rows else None
+        later = await self._all("SELECT min(start) FROM blocks WHERE start > ?", (now_ms,))
+        row = rows[0] if rows else None
+        valid_from = row[0] if row else -(2**62)
+        valid_until = later[0][0] if later and later[0][0] is not None else 2**62
+        self._block_cache = (generation, valid_from, valid_until, row)
+        return row
 
     # -- days ------------------------------------------------------------------
 
