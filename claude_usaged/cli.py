@@ -1,9 +1,9 @@
 """The `claude-usaged` command: subcommands, and errors as one line and an exit code.
 
 Exit codes: 0 success; 1 unexpected failure, or a service manager command
-failed; 2 bad command line or a value the API refused; 3 a bad setting, or
-the daemon could not start (port taken, database unwritable); 4 no daemon is
-running (client commands).
+failed; 2 bad command line or a value the API refused; 3 a bad setting (from
+any source, or a missing `--config` file), or the daemon could not start (port
+taken, database unwritable); 4 no daemon is running (client commands).
 
 Imports are deferred to the command that needs them: `statusline` runs on
 every prompt and must not pay for pydantic, aiohttp or rich, and the client
@@ -38,9 +38,18 @@ def _settings_help(name: str) -> str:
 
 
 def _add_settings_arguments(run: argparse.ArgumentParser) -> None:
-    """The daemon's settings as flags (of `run`, and of `service install`)."""
+    """The daemon's settings as flags (of `run`, `sync`, `config` and `service install`)."""
     from pathlib import Path
 
+    from claude_usaged.settings import CONFIG_ENV
+
+    run.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"TOML settings file, below env and flags (env {CONFIG_ENV}; "
+        "default: config.toml in the user config dir)",
+    )
     run.add_argument(
         "--claude-dir",
         dest="claude_dirs",
@@ -75,8 +84,17 @@ def _add_settings_arguments(run: argparse.ArgumentParser) -> None:
 
 
 def _add_client_arguments(cmd: argparse.ArgumentParser, *, dates: bool = False) -> None:
-    cmd.add_argument("--url", help="the daemon's address (default: from its address file)")
+    where = cmd.add_mutually_exclusive_group()
+    where.add_argument("--url", help="the daemon's address (default: from its address file)")
+    where.add_argument(
+        "--offline",
+        action="store_true",
+        help="no daemon: read the transcripts into a temporary database and answer from it",
+    )
     cmd.add_argument("--db", metavar="PATH", help="find the daemon of this database")
+    cmd.add_argument(
+        "--config", metavar="FILE", help="settings file for --offline (roots, zone, prices)"
+    )
     cmd.add_argument("--json", action="store_true", help="print the API's JSON as it is")
     cmd.add_argument("--tz", metavar="ZONE", help="IANA zone for times and days")
     if dates:
@@ -104,6 +122,10 @@ def build_parser(settings_help: bool = True) -> argparse.ArgumentParser:
     )
     if settings_help:
         _add_settings_arguments(sync)
+    config = sub.add_parser("config", help="print the effective settings and where each came from")
+    config.add_argument("--json", action="store_true", help="as JSON, for scripts")
+    if settings_help:
+        _add_settings_arguments(config)
     stats = sub.add_parser("stats", help="the current window, today and all time")
     _add_client_arguments(stats)
     blocks = sub.add_parser("blocks", help="5-hour blocks")
@@ -182,6 +204,31 @@ def _client_path(args: argparse.Namespace) -> str:
     return f"/{args.command}" + (f"?{urlencode(given)}" if given else "")
 
 
+class _StartupFailed(Exception):
+    """--offline could not start: a bad setting or price file (exit 3)."""
+
+
+def _offline_text(args: argparse.Namespace) -> str:
+    """The API's answer from a one-shot catch-up (pays for pydantic and aiohttp, once)."""
+    import asyncio
+
+    from claude_usaged.daemon import StartupError
+    from claude_usaged.log import configure_logging
+    from claude_usaged.offline import answer
+    from claude_usaged.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings({"config": args.config})
+    except SettingsError as exc:
+        raise _StartupFailed(str(exc)) from None
+    # stdout is for the answer: only warnings (an unreadable file), on stderr
+    configure_logging(settings.log_format, "warning")
+    try:
+        return asyncio.run(answer(settings, _client_path(args), sys.stderr))
+    except StartupError as exc:
+        raise _StartupFailed(str(exc)) from None
+
+
 def _client(args: argparse.Namespace) -> int:
     """Ask the running daemon and print its answer as a table, or as it is with --json."""
     import json
@@ -200,15 +247,21 @@ def _client(args: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
     try:
-        text = fetch_text(find_url(args.url, args.db), _client_path(args))
+        if args.offline:
+            text = _offline_text(args)
+        else:
+            text = fetch_text(find_url(args.url, args.db), _client_path(args))
     except DaemonDown as exc:
         print(
             f"claude-usaged: no daemon is running ({exc}).\n"
             "Start it with `claude-usaged run`, or once for good with "
-            "`claude-usaged service install`.",
+            "`claude-usaged service install`; or read the transcripts once with --offline.",
             file=sys.stderr,
         )
         return EXIT_NO_DAEMON
+    except _StartupFailed as exc:
+        print(f"claude-usaged: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
     except ApiError as exc:
         print(f"claude-usaged: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -223,6 +276,34 @@ def _client(args: argparse.Namespace) -> int:
         render.render_daily(data, console)
     else:
         getattr(render, f"render_{args.command}")(data, console, zone)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    """Print the effective settings, each with its source, secrets masked."""
+    import json
+
+    from claude_usaged.settings import SettingsError, config_report, resolve_settings
+
+    try:
+        report = config_report(resolve_settings(vars(args)))
+    except SettingsError as exc:
+        print(f"claude-usaged: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    cfg = report["config_file"]
+    state = "read" if cfg["found"] else "not found"
+    print(f"config file: {cfg['path']} ({cfg['source']}; {state})")
+    rows = [
+        (name, json.dumps(item["value"], ensure_ascii=False), item["source"])
+        for name, item in report["settings"].items()
+    ]
+    name_width = max(len(name) for name, _v, _s in rows)
+    value_width = max(len(value) for _n, value, _s in rows)
+    for name, value, source in rows:
+        print(f"{name:<{name_width}}  {value:<{value_width}}  {source}")
     return 0
 
 
@@ -283,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _client(args)
     if args.command == "service":
         return _service(args)
+    if args.command == "config":
+        return _config(args)
     if args.command == "sync":
         from claude_usaged.sync import main as sync
 

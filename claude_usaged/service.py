@@ -273,20 +273,24 @@ def chosen_environment(flags: Mapping[str, Any], env: Mapping[str, str]) -> Chos
     """The settings given at install time (flags over environment), validated, as the
     environment variables the service will see; the database's directory; the secrets.
 
-    Only what was chosen (given, or other than the default) is written, so a
-    default (the machine's zone, say) is still worked out when the service
-    starts. Raises SettingsError.
+    Only what was chosen by a flag or a variable is written, so a default (the
+    machine's zone, say) is still worked out when the service starts, and the
+    config file is read by the service itself (an explicit one is named by
+    `CLAUDE_USAGED_CONFIG`): an edit of the file is not hidden by a stale copy
+    in the environment. Raises SettingsError.
     """
-    from claude_usaged.settings import SOURCES, Settings, load_settings
+    from claude_usaged.settings import CONFIG_ENV, SOURCES, resolve_settings
 
-    settings = load_settings(flags, env)
+    resolved = resolve_settings(flags, env)
+    settings = resolved.settings
     chosen: dict[str, str] = {}
     secrets: set[str] = set()
+    if resolved.config.explicit:
+        chosen[CONFIG_ENV] = str(resolved.config.path.absolute())
     for name, (_flag, var) in SOURCES.items():
         value = getattr(settings, name)
-        default = Settings.model_fields[name].get_default(call_default_factory=True)
-        given = flags.get(name) not in (None, []) or env.get(var, "").strip()
-        if given or value != default:
+        source = resolved.sources[name]
+        if source != "default" and not source.startswith("config file "):
             chosen[var] = _env_value(value)
             if hasattr(value, "get_secret_value"):
                 secrets.add(chosen[var])

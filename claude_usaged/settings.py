@@ -1,20 +1,32 @@
-"""One frozen Settings object: defaults < environment < command-line flags.
+"""One frozen Settings object: defaults < config file < environment < command-line flags.
 
-Each field names its flag and environment variable; `SETTINGS_DOC` lists them
-for `--help` and for the README test that checks every setting is documented.
+Each field names its flag and environment variable (`SOURCES`), which `--help`
+and the README test that checks every setting is documented use; in the TOML
+config file a setting's key is its field name (`port = 8714`).
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+import platformdirs
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
-from claude_usaged.paths import default_claude_dirs, default_db_path, machine_timezone
+from claude_usaged.paths import APP_NAME, default_claude_dirs, default_db_path, machine_timezone
 
 
 class SettingsError(ValueError):
@@ -127,10 +139,121 @@ def _from_env(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
     return values
 
 
-def load_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from flags (None = not given) over the environment over defaults."""
+CONFIG_ENV = "CLAUDE_USAGED_CONFIG"
+CONFIG_FLAG = "--config"
+PATH_FIELDS = ("claude_dirs", "db", "prices")
+MASK = "**********"
+
+
+def default_config_file() -> Path:
+    """`config.toml` in platformdirs' user config dir (`~/.config/claude-usaged/` on Linux,
+    `~/Library/Application Support/claude-usaged/` on macOS): where each platform keeps a
+    user's settings, found the same way the default database is."""
+    return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """Which config file is read, why that one, and whether it exists."""
+
+    path: Path
+    source: str
+    """`default`, `flag --config` or `environment variable CLAUDE_USAGED_CONFIG`."""
+    found: bool
+
+    @property
+    def explicit(self) -> bool:
+        return self.source != "default"
+
+
+def config_file(flags: Mapping[str, Any], env: Mapping[str, str]) -> ConfigFile:
+    """`--config` > `$CLAUDE_USAGED_CONFIG` > the default file: a file named on purpose
+    must exist, the default one may not."""
+    given, raw = flags.get("config"), env.get(CONFIG_ENV, "").strip()
+    if given:
+        path, source = Path(given), f"flag {CONFIG_FLAG}"
+    elif raw:
+        path, source = Path(raw), f"environment variable {CONFIG_ENV}"
+    else:
+        path, source = default_config_file(), "default"
+    # absolute: relative paths inside the file are relative to its directory
+    path = path.expanduser().absolute()
+    return ConfigFile(path, source, path.is_file())
+
+
+def _file_path(value: Any, base: Path) -> Any:
+    """A relative path in the file means relative to the file, not to wherever the
+    daemon happens to start (a service starts in another directory)."""
+    if not isinstance(value, str):
+        return value  # not a path: Settings says what is allowed
+    return str(base / Path(value).expanduser())
+
+
+def _from_file(cfg: ConfigFile) -> dict[str, tuple[Any, str]]:
+    """The settings in the TOML file, keyed by field name; errors name the file."""
+    if not cfg.found:
+        if cfg.explicit:
+            problem = "is not a file" if cfg.path.exists() else "does not exist"
+            raise SettingsError(f"config file {cfg.path} (from {cfg.source}) {problem}")
+        return {}
+    try:
+        with cfg.path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {cfg.path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {cfg.path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(SOURCES))
+    if unknown:
+        raise SettingsError(
+            f"unknown setting {unknown[0]!r} in config file {cfg.path} "
+            f"(known: {', '.join(SOURCES)})"
+        )
+    source = f"config file {cfg.path}"
+    base = cfg.path.parent
+    values: dict[str, tuple[Any, str]] = {}
+    for name, value in data.items():
+        if isinstance(value, bool):
+            _refuse_boolean(name, value, source)
+        if name in PATH_FIELDS:
+            if isinstance(value, list):
+                value = [_file_path(v, base) for v in value]
+            else:
+                value = _file_path(value, base)
+        values[name] = (value, source)
+    return values
+
+
+def _refuse_boolean(name: str, value: bool, source: str) -> None:
+    """TOML's true/false is never a setting (pydantic would read it as 1 or 0)."""
+    annotation: Any = Settings.model_fields[name].annotation
+    msg = "must not be true or false"
+    try:
+        TypeAdapter(annotation).validate_python(value, strict=True)
+    except ValidationError as exc:
+        msg = str(exc.errors()[0]["msg"])  # what is allowed, in pydantic's words
+    raise SettingsError(f"bad setting {name} (from {source}): {msg}")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The effective settings, where each came from, and the config file consulted."""
+
+    settings: Settings
+    sources: dict[str, str]
+    """Field -> `default`, `config file PATH`, `environment variable NAME` or `flag --NAME`."""
+    config: ConfigFile
+
+
+def resolve_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Resolved:
+    """Flags (None = not given) over the environment over the config file over defaults.
+
+    Raises SettingsError naming the setting, its source and what is allowed.
+    """
     env = os.environ if env is None else env
-    chosen = _from_env(env)
+    cfg = config_file(flags, env)
+    chosen = _from_file(cfg)
+    chosen.update(_from_env(env))
     for name, value in flags.items():
         if name in SOURCES and value not in (None, []):
             chosen[name] = (value, f"flag {SOURCES[name][0]}")
@@ -142,9 +265,56 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None
         source = chosen.get(name, (None, "default"))[1]
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"bad setting {name} (from {source}): {msg}") from None
-    return settings.model_copy(
+    settings = settings.model_copy(
         update={
             "claude_dirs": [p.expanduser() for p in settings.claude_dirs],
             "db": settings.db.expanduser(),
         }
     )
+    sources = {name: chosen.get(name, (None, "default"))[1] for name in SOURCES}
+    return Resolved(settings, sources, cfg)
+
+
+def load_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from flags over the environment over the config file over defaults."""
+    return resolve_settings(flags, env).settings
+
+
+def shown_value(settings: Settings, name: str) -> Any:
+    """A setting as JSON shows it, secrets masked: the token, and a password in a URL."""
+    value = getattr(settings, name)
+    if isinstance(value, SecretStr):
+        return MASK
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    if name == "forward_url" and value is not None:
+        return _mask_url_password(value)
+    return value
+
+
+def _mask_url_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:{MASK}@{host}{slash}{tail}"
+
+
+def config_report(resolved: Resolved) -> dict[str, Any]:
+    """`claude-usaged config --json`: the config file consulted, and every setting with its
+    value (secrets masked) and source."""
+    cfg = resolved.config
+    return {
+        "config_file": {"path": str(cfg.path), "source": cfg.source, "found": cfg.found},
+        "settings": {
+            name: {
+                "value": shown_value(resolved.settings, name),
+                "source": resolved.sources[name],
+            }
+            for name in SOURCES
+        },
+    }

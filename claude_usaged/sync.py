@@ -40,8 +40,8 @@ def _running_daemon(settings: Settings) -> int | None:
     return pid
 
 
-async def _catch_up(ingest: Ingest) -> None:
-    """One rescan of every transcript, applied and settled."""
+async def catch_up(ingest: Ingest) -> None:
+    """One rescan of every transcript, applied and settled (`sync --once`, `--offline`)."""
     await ingest.start()
     loop = asyncio.create_task(ingest.run(), name="ingest")
     done = ingest.request_rescan()
@@ -71,7 +71,7 @@ async def sync_once(settings: Settings) -> DrainResult:
     except StoreError as exc:
         raise StartupError(str(exc)) from None
     try:
-        await _catch_up(Ingest(store, settings.claude_dirs))
+        await catch_up(Ingest(store, settings.claude_dirs))
         forwarder = forwarder_for(settings, store)
         assert forwarder is not None
         return await forwarder.drain()

@@ -188,3 +188,14 @@ async def running(claude_root: Path, tmp_path: Path) -> AsyncIterator[RunningDae
 def logs() -> Iterator[list[dict[str, Any]]]:
     with structlog.testing.capture_logs() as captured:
         yield captured
+
+
+@pytest.fixture(autouse=True)
+def _no_personal_config(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keep a developer's own ~/.config/claude-usaged/config.toml out of every test."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.delenv("CLAUDE_USAGED_CONFIG", raising=False)

@@ -112,14 +112,14 @@ async def test_daily_table_looks_like_ccusage(history: RunningDaemon) -> None:
 
 
 async def test_no_daemon_says_so_and_how_to_start_it(tmp_path: Path) -> None:
-    """Without a running daemon a client command explains how to start one and exits 4."""
+    """Without a daemon a client command says how to start one or to use --offline, exit 4."""
     db = tmp_path / "usage.sqlite3"
     proc = await cli("stats", "--db", str(db))
     assert (proc.returncode, proc.stdout) == (4, "")
     assert proc.stderr == (
         f"claude-usaged: no daemon is running (no address file at {db}.addr).\n"
         "Start it with `claude-usaged run`, or once for good with "
-        "`claude-usaged service install`.\n"
+        "`claude-usaged service install`; or read the transcripts once with --offline.\n"
     )
 
 
