@@ -46,7 +46,7 @@ class Aggregator:
 
     def __init__(self) -> None:
         self._buckets: dict[tuple[int, str], list[Any]] = {}
-        self._sessions: dict[tuple[str, str], list[Any]] = {}
+        self._sessions: dict[tuple[str, str, str], list[Any]] = {}
         self._projects: dict[tuple[str, str], list[Any]] = {}
         self._blocks: list[Block] = []
         self._last_ts = -(2**62)
@@ -63,11 +63,11 @@ class Aggregator:
                 acc = buckets[(ts // BUCKET_MS, model)] = [0, 0, 0, 0, 0, 0.0, 0]
             _sums(acc, inp, out, cc, cr, cost)
             # rows are time-ordered: the first row seen is the earliest
-            acc = sessions.get((session, model))
+            acc = sessions.get((session, project, model))
             if acc is None:
-                acc = sessions[(session, model)] = [0, 0, 0, 0, 0, 0.0, 0, project, ts, ts]
+                acc = sessions[(session, project, model)] = [0, 0, 0, 0, 0, 0.0, 0, ts, ts]
             _sums(acc, inp, out, cc, cr, cost)
-            acc[9] = ts
+            acc[8] = ts
             acc = projects.get((project, model))
             if acc is None:
                 acc = projects[(project, model)] = [0, 0, 0, 0, 0, 0.0, 0, ts, ts]
@@ -82,7 +82,9 @@ class Aggregator:
     def result(self) -> Aggregates:
         out = Aggregates()
         out.buckets = [(b, m, *acc) for (b, m), acc in self._buckets.items()]
-        out.sessions = [(s, m, a[7], a[8], a[9], *a[:7]) for (s, m), a in self._sessions.items()]
+        out.sessions = [
+            (s, m, p, a[7], a[8], *a[:7]) for (s, p, m), a in self._sessions.items()
+        ]
         out.projects = [(p, m, a[7], a[8], *a[:7]) for (p, m), a in self._projects.items()]
         out.blocks = self._blocks
         return out

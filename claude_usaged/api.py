@@ -112,13 +112,14 @@ def forwarding_json(ctx: ApiContext) -> dict[str, Any]:
     return ctx.forwarder.state_json() if ctx.forwarder else disabled_json()
 
 
-def ingest_json(ctx: ApiContext) -> dict[str, Any]:
+async def ingest_json(ctx: ApiContext) -> dict[str, Any]:
     state = ctx.ingest.state
+    totals = await ctx.read.totals()
     return {
         "files": state.files,
         "lines": ctx.ingest.lines,
         "skipped_lines": ctx.ingest.skipped_lines,
-        "responses": None,
+        "responses": totals["responses"],
         "last_event_at": iso(int(state.last_event_at * 1000)) if state.last_event_at else None,
         "caught_up": state.caught_up,
         "unreadable_files": state.unreadable,
@@ -127,11 +128,8 @@ def ingest_json(ctx: ApiContext) -> dict[str, Any]:
 
 async def stats(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    body = await ctx.read.stats(_now_ms())
-    totals = await ctx.read.totals()
-    ingest = ingest_json(ctx)
-    ingest["responses"] = totals["responses"]
-    body["ingest"] = ingest
+    body = await ctx.read.stats(_now_ms(), _zone(request, ctx.read.default_tz))
+    body["ingest"] = await ingest_json(ctx)
     body["forwarding"] = forwarding_json(ctx)
     return _json(body)
 
@@ -183,7 +181,7 @@ async def health(request: web.Request) -> web.Response:
                 "watched": watcher.watched if watcher else [],
                 "error": watcher.error if watcher else None,
             },
-            "ingest": ingest_json(ctx),
+            "ingest": await ingest_json(ctx),
             "forwarding": forwarding_json(ctx),
         }
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from claude_usaged import sdnotify
 from claude_usaged.api import ApiContext, make_app
 from claude_usaged.forwarder import Forwarder
 from claude_usaged.ingest import Ingest
+from claude_usaged.instance import AlreadyRunning, InstanceLock
 from claude_usaged.paths import address_file
 from claude_usaged.pricing import PriceFileError, PriceTable
 from claude_usaged.settings import Settings
@@ -122,6 +124,7 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self.forwarder: Forwarder | None = None
         self.address: tuple[str, int] | None = None
+        self._lock: InstanceLock | None = None
 
     async def startup(self) -> None:
         s = self.settings
@@ -129,6 +132,15 @@ class Daemon:
             prices = PriceTable.load(s.prices)
         except PriceFileError as exc:
             raise StartupError(f"bad price file: {exc}") from None
+        self._lock = InstanceLock(s.db)
+        try:
+            self._lock.acquire()
+        except AlreadyRunning as exc:
+            self._lock = None
+            raise StartupError(str(exc)) from None
+        except OSError as exc:
+            self._lock = None
+            raise StartupError(f"cannot open database {s.db}: {exc}") from None
         try:
             self._store = await Store.open(s.db, prices, forward_to=s.forward_url)
         except StoreError as exc:
@@ -156,7 +168,13 @@ class Daemon:
         try:
             await site.start()
         except OSError as exc:
-            raise StartupError(f"cannot listen on {s.host}:{s.port}: {exc.strerror}") from None
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"cannot listen on {s.host}:{s.port}: the port is already in use "
+                    "(choose another with --port, or --port 0 for any free one)"
+                ) from None
+            reason = exc.strerror or str(exc)
+            raise StartupError(f"cannot listen on {s.host}:{s.port}: {reason}") from None
         self._tasks.append(asyncio.create_task(_supervise_ingest(ingest), name="ingest"))
         await self._watcher.start()
         # a change made while the watches were being added sent no event: look once more
@@ -198,6 +216,7 @@ class Daemon:
                 await asyncio.wait_for(task, SHUTDOWN_GRACE)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.address is not None:  # only the daemon that wrote it removes it
             with contextlib.suppress(OSError):
                 address_file(self.settings.db).unlink()
         if self._watcher is not None:
@@ -206,7 +225,10 @@ class Daemon:
             await self._read.close()
         if self._store is not None:
             await self._store.close()
-        log.info("daemon.stopped")
+        if self._lock is not None:
+            self._lock.release()
+        if self.address is not None:
+            log.info("daemon.stopped")
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

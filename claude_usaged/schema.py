@@ -70,7 +70,7 @@ MIGRATIONS: list[str] = [
         cache_read INTEGER NOT NULL,
         cost REAL NOT NULL,
         unpriced INTEGER NOT NULL,
-        PRIMARY KEY (session_id, model)
+        PRIMARY KEY (session_id, project, model)
     ) WITHOUT ROWID;
 
     CREATE TABLE agg_project (

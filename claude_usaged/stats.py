@@ -185,8 +185,8 @@ class ReadModel:
             )
         return {"timezone": tz.key, "days": days, "totals": grand.to_json()}
 
-    async def today(self, now_ms: int) -> dict[str, Any]:
-        tz = self.default_tz
+    async def today(self, now_ms: int, tz: ZoneInfo | None = None) -> dict[str, Any]:
+        tz = tz or self.default_tz
         today = datetime.fromtimestamp(now_ms / 1000, tz).date()
 
         async def compute() -> dict[str, Any]:
@@ -196,12 +196,13 @@ class ReadModel:
                 return day
             return {"date": today.isoformat(), **Totals().to_json(), "model_breakdowns": []}
 
-        value: dict[str, Any] = await self._cached(f"today:{today}", compute)
+        value: dict[str, Any] = await self._cached(f"today:{tz.key}:{today}", compute)
         return value
 
     # -- sessions and projects -------------------------------------------------
 
     async def sessions(self, project: str | None = None) -> list[dict[str, Any]]:
+        """Per session; with `project`, each session's usage in that project only."""
         sql = (
             "SELECT session_id, model, entries, input, output, cache_creation, cache_read, "
             "cost, unpriced, project, first_ts, last_ts FROM agg_session"
@@ -232,7 +233,9 @@ class ReadModel:
             first = min(items, key=lambda r: r[10])
             entry: dict[str, Any] = {name: key}
             if with_project:
+                # a session can move between folders: its first one, and all of them
                 entry["project"] = first[9]
+                entry["projects"] = sorted({r[9] for r in items})
             entry.update(
                 first_at=iso(first[10]),
                 last_at=iso(max(r[11] for r in items)),
@@ -264,7 +267,8 @@ class ReadModel:
         value: dict[str, Any] = await self._cached("totals", compute)
         return value
 
-    async def stats(self, now_ms: int) -> dict[str, Any]:
+    async def stats(self, now_ms: int, tz: ZoneInfo | None = None) -> dict[str, Any]:
+        """The headline; `today` is the calendar day of `now_ms` in `tz` (default --tz)."""
         totals = await self.totals()
         last = await self._block_at(now_ms)
         current = None
@@ -296,5 +300,5 @@ class ReadModel:
             "total_cost_usd": totals["total_cost_usd"],
             "unpriced_models": totals["unpriced_models"],
             "current_window": current,
-            "today": await self.today(now_ms),
+            "today": await self.today(now_ms, tz),
         }

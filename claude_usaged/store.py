@@ -83,7 +83,7 @@ FROM responses WHERE counted = 1 {{where}} GROUP BY 1, 2
 """
 _SESSION_SQL = f"""
 INSERT INTO agg_session SELECT session_id, model, project, min(ts), max(ts), {_SUMS}
-FROM responses WHERE counted = 1 {{where}} GROUP BY session_id, model
+FROM responses WHERE counted = 1 {{where}} GROUP BY session_id, project, model
 """
 _PROJECT_SQL = f"""
 INSERT INTO agg_project SELECT project, model, min(ts), max(ts), {_SUMS}

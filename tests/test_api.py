@@ -653,8 +653,18 @@ async def test_sessions_and_projects(running: RunningDaemon) -> None:
     }
     sessions = (await running.get("/sessions"))["sessions"]
     assert [{k: v for k, v in s.items() if k != "model_breakdowns"} for s in sessions] == [
-        {"session_id": "sb", "project": "/home/dev/web", **sb_fields},
-        {"session_id": "sa", "project": "/home/dev/api", **sa_fields},
+        {
+            "session_id": "sb",
+            "project": "/home/dev/web",
+            "projects": ["/home/dev/web"],
+            **sb_fields,
+        },
+        {
+            "session_id": "sa",
+            "project": "/home/dev/api",
+            "projects": ["/home/dev/api"],
+            **sa_fields,
+        },
     ]
     assert [(b["model"], b["total_tokens"]) for b in sessions[0]["model_breakdowns"]] == [
         (HAIKU, 51000),
@@ -902,3 +912,59 @@ async def test_price_override_file_changes_costs_and_is_reapplied(
         assert stats["total_cost_usd"] == approx(3000 / 1e6)
         (session,) = (await rd.get("/sessions"))["sessions"]
         assert session["cost_usd"] == approx(3000 / 1e6)
+
+
+async def test_stats_today_follows_the_tz_parameter(
+    running: RunningDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`/stats?tz=` puts `today` on that zone's calendar; a bad zone is a 400."""
+    fix_now(monkeypatch, "2026-11-26T16:00:00+00:00")  # 2026-11-27 01:00 in Tokyo
+    write_lines(
+        running.projects / "-home-dev-api" / "s1.jsonl",
+        [
+            # 2026-11-26 in UTC and 2026-11-27 in Tokyo (+9): 70 tokens
+            assistant("m_t", "r_t", "2026-11-26T15:30:00.000Z", input_tokens=70),
+            # 2026-11-26 in both zones (10:00 UTC = 19:00 Tokyo): 5 tokens
+            assistant("m_u", "r_u", "2026-11-26T10:00:00.000Z", input_tokens=5),
+        ],
+    )
+    await running.wait_for(lambda s: s["total_tokens"] == 75)
+    utc = (await running.get("/stats"))["today"]
+    assert (utc["date"], utc["total_tokens"]) == ("2026-11-26", 75)
+    tokyo = (await running.get("/stats?tz=Asia/Tokyo"))["today"]
+    assert (tokyo["date"], tokyo["total_tokens"]) == ("2026-11-27", 70)
+    bad = await running.get("/stats?tz=Mars/Olympus", status=400)
+    assert bad["parameter"] == "tz"
+
+
+async def test_a_session_that_moves_between_folders_is_found_under_each(
+    running: RunningDaemon,
+) -> None:
+    """`/sessions?project=` finds a session by any folder it worked in, with that usage."""
+    write_lines(
+        running.projects / "-home-dev-api" / "s1.jsonl",
+        [
+            assistant("m1", "r1", "2025-11-20T10:00:00.000Z", input_tokens=10, cwd="/repo"),
+            assistant("m2", "r2", "2025-11-20T10:05:00.000Z", input_tokens=20, cwd="/repo/app"),
+            assistant("m3", "r3", "2025-11-20T10:10:00.000Z", input_tokens=40, cwd="/repo/app"),
+        ],
+    )
+    await running.wait_for(lambda s: s["total_tokens"] == 70)
+    (whole,) = (await running.get("/sessions"))["sessions"]
+    # 10 + 20 + 40 = 70; first folder /repo
+    assert (whole["project"], whole["projects"], whole["total_tokens"]) == (
+        "/repo",
+        ["/repo", "/repo/app"],
+        70,
+    )
+    (in_app,) = (await running.get("/sessions?project=/repo/app"))["sessions"]
+    # only its usage in /repo/app: 20 + 40 = 60, first there at 10:05
+    assert (in_app["session_id"], in_app["total_tokens"], in_app["first_at"]) == (
+        "s1",
+        60,
+        "2025-11-20T10:05:00Z",
+    )
+    projects = {
+        p["project"]: p["total_tokens"] for p in (await running.get("/projects"))["projects"]
+    }
+    assert projects == {"/repo": 10, "/repo/app": 60}

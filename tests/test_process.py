@@ -419,3 +419,39 @@ def test_version_prints_the_version() -> None:
     )
     assert done.returncode == 0
     assert done.stdout.strip() == f"claude-usaged {__version__}"
+
+
+def test_a_second_daemon_on_the_same_database_is_refused_and_harms_nothing(
+    tmp_path: Path, root: Path, start: Callable[..., Proc]
+) -> None:
+    """A second `run` on one database exits 3 naming the first, whose address file stays."""
+    first = start()
+    addr = first.db.with_name(first.db.name + ".addr")
+    before = addr.read_text()
+    status, stderr = run_failing(tmp_path, root, db=first.db)
+    assert status == 3
+    line = the_one_line(stderr)
+    pid = json.loads(before)["pid"]
+    assert line == (
+        f"claude-usaged: another claude-usaged is already running on {first.db} "
+        f"(pid {pid}, {first.url})"
+    )
+    assert addr.read_text() == before
+    assert first.get("/health")["caught_up"] is True
+    status, _ = first.stop(signal.SIGTERM)
+    assert status == 0
+    assert not addr.exists()
+
+
+def test_a_taken_port_leaves_the_running_daemons_address_file(
+    tmp_path: Path, root: Path, start: Callable[..., Proc]
+) -> None:
+    """A daemon that fails to bind (other database, same port) removes no address file."""
+    first = start()
+    port = json.loads(first.db.with_name(first.db.name + ".addr").read_text())["port"]
+    other_db = tmp_path / "other" / "usage.sqlite3"
+    status, stderr = run_failing(tmp_path, root, "--port", str(port), db=other_db)
+    assert status == 3
+    assert "already in use" in the_one_line(stderr)
+    assert not other_db.with_name(other_db.name + ".addr").exists()
+    assert first.db.with_name(first.db.name + ".addr").exists()
