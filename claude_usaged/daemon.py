@@ -199,6 +199,10 @@ class Daemon:
             tz=s.tz,
             prices=prices.version,
         )
+        for root in s.claude_dirs:
+            if not (root / "projects").is_dir():
+                # normal for one of the two default roots; a typo otherwise
+                log.info("root.waiting", path=str(root / "projects"), reason="does not exist yet")
         url = f"http://{host}:{port}"
         sdnotify.notify("READY=1", f"STATUS=listening on {url}; catching up")
         self._tasks.append(

@@ -22,6 +22,10 @@ from claude_usaged.usage import BUCKET_MS, WINDOW_MS, Totals
 TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens")
 
 
+MIN_RATE_SPAN_MS = 60_000
+"""A burn rate from seconds of activity says nothing: wait for a minute of it."""
+
+
 def iso(ts_ms: int) -> str:
     """Epoch ms -> `2025-09-03T00:47:21.540Z` (milliseconds only when not zero)."""
     dt = datetime.fromtimestamp(ts_ms / 1000, UTC)
@@ -60,7 +64,7 @@ def block_json(row: tuple[Any, ...], now_ms: int) -> dict[str, Any]:
     # start <= now: a block from a skewed clock's future is not the current one
     active = start <= now_ms < end and now_ms - last < WINDOW_MS
     rate = projected = None
-    if active and last > first:
+    if active and last - first >= MIN_RATE_SPAN_MS:
         rate = totals.total_tokens / ((last - first) / 60_000)
         projected = round(totals.total_tokens + rate * max(0, end - now_ms) / 60_000)
     body = totals.to_json(with_models=False)
