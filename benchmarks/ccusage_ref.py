@@ -19,12 +19,14 @@ The npm package's ``.bin/ccusage`` is a Node.js wrapper (``dist/cli.js``) that
 spawns the native binary from ``@ccusage/ccusage-<platform>-<arch>/bin/ccusage``.
 `find_ccusage` returns that native binary when it sits beside the wrapper (it is
 what the wrapper would run; skipping Node saves ~40 ms per run), unless
-``native=False`` is given.
+``native=False`` is given. `ccusage_problem` says why the build found cannot
+serve as the reference: none found, or ``ccusage --version`` is not 20.0.11.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TOOLS_BIN = Path("/work/tools/node_modules/.bin/ccusage")
+REQUIRED_VERSION = "20.0.11"
 
 Kind = Literal["daily", "blocks"]
 
@@ -67,13 +69,13 @@ def find_ccusage(native: bool = True) -> list[str] | None:
     """Argv prefix that runs ccusage, or None when it cannot be found.
 
     Looks at ``$CCUSAGE_BIN`` (may hold several words, e.g. ``npx ccusage@20.0.11``),
-    then ``node_modules/.bin/ccusage`` in the repo root, then
-    /work/tools/node_modules/.bin/ccusage, then ``ccusage`` on PATH.
+    then ``node_modules/.bin/ccusage`` in the repo root, then ``ccusage`` on PATH.
+    Its version is not checked here: see `ccusage_problem`.
     """
     env = os.environ.get("CCUSAGE_BIN")
     if env:
         return env.split()
-    candidates = [REPO_ROOT / "node_modules" / ".bin" / "ccusage", TOOLS_BIN]
+    candidates = [REPO_ROOT / "node_modules" / ".bin" / "ccusage"]
     on_path = shutil.which("ccusage")
     if on_path:
         candidates.append(Path(on_path))
@@ -87,11 +89,50 @@ def find_ccusage(native: bool = True) -> list[str] | None:
     return None
 
 
-def ccusage_argv(kind: Kind, tz: str = "UTC", extra: list[str] | None = None) -> list[str]:
-    """Full argv for one report (raises when ccusage is missing)."""
-    base = find_ccusage()
+@functools.lru_cache(maxsize=8)
+def ccusage_version(base: tuple[str, ...]) -> str:
+    """What ``ccusage --version`` says (``ccusage 20.0.11`` -> ``20.0.11``); raises
+    RuntimeError when it cannot be run or fails."""
+    argv = [*base, "--version"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"`{' '.join(argv)}` could not run: {exc}") from None
+    words = proc.stdout.split()
+    if proc.returncode != 0 or not words:
+        detail = (proc.stderr or proc.stdout).strip()[:300]
+        raise RuntimeError(f"`{' '.join(argv)}` exited {proc.returncode}: {detail}")
+    return words[-1].removeprefix("v")
+
+
+def ccusage_problem(native: bool = True) -> str | None:
+    """Why there is no usable reference build (none found, or not version 20.0.11);
+    None when there is one."""
+    base = find_ccusage(native)
     if base is None:
-        raise FileNotFoundError("ccusage not found (set CCUSAGE_BIN)")
+        return (
+            f"ccusage not found: set CCUSAGE_BIN, or install ccusage@{REQUIRED_VERSION} "
+            "in ./node_modules or on PATH"
+        )
+    try:
+        version = ccusage_version(tuple(base))
+    except RuntimeError as exc:
+        return str(exc)
+    if version != REQUIRED_VERSION:
+        return (
+            f"{' '.join(base)} is ccusage {version}, not the reference {REQUIRED_VERSION}: "
+            f"set CCUSAGE_BIN to a ccusage {REQUIRED_VERSION} build"
+        )
+    return None
+
+
+def ccusage_argv(kind: Kind, tz: str = "UTC", extra: list[str] | None = None) -> list[str]:
+    """Full argv for one report (raises when ccusage is missing or not 20.0.11)."""
+    problem = ccusage_problem()
+    if problem is not None:
+        raise RuntimeError(problem)
+    base = find_ccusage()
+    assert base is not None
     return [*base, "claude", kind, "--offline", "--json", "--timezone", tz, *(extra or [])]
 
 
@@ -166,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tz", default="UTC")
     ap.add_argument("--time", type=int, default=0, metavar="N", help="time N runs instead")
     args = ap.parse_args(argv)
-    base = find_ccusage()
-    if base is None:
-        print("ccusage not found", file=sys.stderr)
+    problem = ccusage_problem()
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 2
     if args.time:
         times = timed_run(args.kind, args.config_dir, args.tz, repeat=args.time)

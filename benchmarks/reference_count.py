@@ -1,7 +1,7 @@
 """A deliberately plain reference counter, and its comparison with ccusage 20.0.11.
 
 `count(root)` reads every ``projects/**/*.jsonl`` under `root` with
-``json.loads`` and applies the counting rules of /work/shared/FORMAT.md
+``json.loads`` and applies the counting rules of docs/FORMAT.md
 literally:
 
 - only ``type == "assistant"`` lines with a top-level ``message.usage`` count

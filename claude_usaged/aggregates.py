@@ -82,9 +82,7 @@ class Aggregator:
     def result(self) -> Aggregates:
         out = Aggregates()
         out.buckets = [(b, m, *acc) for (b, m), acc in self._buckets.items()]
-        out.sessions = [
-            (s, m, p, a[7], a[8], *a[:7]) for (s, p, m), a in self._sessions.items()
-        ]
+        out.sessions = [(s, m, p, a[7], a[8], *a[:7]) for (s, p, m), a in self._sessions.items()]
         out.projects = [(p, m, a[7], a[8], *a[:7]) for (p, m), a in self._projects.items()]
         out.blocks = self._blocks
         return out

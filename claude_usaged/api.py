@@ -64,12 +64,16 @@ def parse_date(name: str, raw: str) -> date:
         raise BadParam(name, f"{name} must be a date like 2026-11-26, got {raw!r}") from None
 
 
-def parse_instant(name: str, raw: str) -> int:
-    """A date (UTC midnight) or an ISO-8601 time -> epoch ms."""
+def parse_instant(name: str, raw: str, end_of_day: bool = False) -> int:
+    """A date (UTC midnight; the next one with `end_of_day`) or an ISO-8601 time -> epoch ms.
+
+    `until=2026-11-26` includes that whole day, as it does for /daily.
+    """
     try:
         if len(raw) in (8, 10) and "T" not in raw:
             day = parse_date(name, raw)
-            return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+            start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+            return start + 86_400_000 if end_of_day else start
         parsed = datetime.fromisoformat(raw)
     except (ValueError, BadParam):
         raise BadParam(
@@ -106,6 +110,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except BadParam as exc:
         return _json({"error": exc.message, "parameter": exc.name}, status=400)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # 404, 405 and the like: JSON too, so scripts can always parse an answer
+        return _json({"error": exc.reason, "path": request.path}, status=exc.status)
 
 
 def forwarding_json(ctx: ApiContext) -> dict[str, Any]:
@@ -138,7 +147,7 @@ async def blocks(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     q = request.query
     since = parse_instant("since", q["since"]) if q.get("since") else None
-    until = parse_instant("until", q["until"]) if q.get("until") else None
+    until = parse_instant("until", q["until"], end_of_day=True) if q.get("until") else None
     rows = await ctx.read.blocks(since, until, _limit(request), _now_ms())
     return _json({"blocks": rows})
 

@@ -83,7 +83,7 @@ def _add_settings_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--forward-timeout", metavar="SECONDS", help=_settings_help("forward_timeout"))
 
 
-def _add_client_arguments(cmd: argparse.ArgumentParser, *, dates: bool = False) -> None:
+def _add_client_arguments(cmd: argparse.ArgumentParser, *, dates: str = "") -> None:
     where = cmd.add_mutually_exclusive_group()
     where.add_argument("--url", help="the daemon's address (default: from its address file)")
     where.add_argument(
@@ -97,9 +97,27 @@ def _add_client_arguments(cmd: argparse.ArgumentParser, *, dates: bool = False) 
     )
     cmd.add_argument("--json", action="store_true", help="print the API's JSON as it is")
     cmd.add_argument("--tz", metavar="ZONE", help="IANA zone for times and days")
-    if dates:
-        cmd.add_argument("--since", metavar="DATE", help="from this date (YYYY-MM-DD)")
-        cmd.add_argument("--until", metavar="DATE", help="up to this date (YYYY-MM-DD)")
+    if dates == "blocks":
+        cmd.add_argument(
+            "--since",
+            metavar="WHEN",
+            help="blocks that start at or after this time: an ISO-8601 time such as "
+            "2026-11-26T10:00:00Z (UTC when it has no offset), or a date such as "
+            "2026-11-26 (its UTC midnight)",
+        )
+        cmd.add_argument(
+            "--until",
+            metavar="WHEN",
+            help="blocks that start before this time, given as --since "
+            "(a date includes that whole UTC day)",
+        )
+    elif dates:
+        cmd.add_argument(
+            "--since", metavar="DATE", help="from this day (YYYY-MM-DD or YYYYMMDD), in --tz"
+        )
+        cmd.add_argument(
+            "--until", metavar="DATE", help="up to and including this day (YYYY-MM-DD or YYYYMMDD)"
+        )
 
 
 def build_parser(settings_help: bool = True) -> argparse.ArgumentParser:
@@ -120,6 +138,13 @@ def build_parser(settings_help: bool = True) -> argparse.ArgumentParser:
     sync.add_argument(
         "--once", action="store_true", required=True, help="one pass (for cron); required"
     )
+    sync.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log progress on stderr (info; debug with --log-level debug); "
+        "without it only warnings and errors are logged",
+    )
     if settings_help:
         _add_settings_arguments(sync)
     config = sub.add_parser("config", help="print the effective settings and where each came from")
@@ -129,13 +154,17 @@ def build_parser(settings_help: bool = True) -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="the current window, today and all time")
     _add_client_arguments(stats)
     blocks = sub.add_parser("blocks", help="5-hour blocks")
-    _add_client_arguments(blocks, dates=True)
+    _add_client_arguments(blocks, dates="blocks")
     blocks.add_argument("--limit", metavar="N", help="only the newest N blocks")
     daily = sub.add_parser("daily", help="usage and cost per day")
-    _add_client_arguments(daily, dates=True)
+    _add_client_arguments(daily, dates="daily")
     sessions = sub.add_parser("sessions", help="usage and cost per session")
     _add_client_arguments(sessions)
-    sessions.add_argument("--project", help="only the sessions of this project path")
+    sessions.add_argument(
+        "--project",
+        metavar="PATH",
+        help="only usage in this project (a working directory, as `projects` lists it)",
+    )
     projects = sub.add_parser("projects", help="usage and cost per project")
     _add_client_arguments(projects)
     sub.add_parser(
@@ -152,6 +181,7 @@ def build_parser(settings_help: bool = True) -> argparse.ArgumentParser:
         ("logs", "its recent log lines"),
     ):
         action = actions.add_parser(name, help=text)
+        action.set_defaults(command_parser=action)
         action.add_argument(
             "--platform", choices=["systemd", "launchd"], help="default: this machine's"
         )
@@ -162,8 +192,20 @@ def build_parser(settings_help: bool = True) -> argparse.ArgumentParser:
         if name == "install" and settings_help:
             _add_settings_arguments(action)
         if name == "logs":
-            action.add_argument("-n", "--lines", type=int, default=100, metavar="N")
-            action.add_argument("-f", "--follow", action="store_true")
+            action.add_argument(
+                "-n",
+                "--lines",
+                type=int,
+                default=100,
+                metavar="N",
+                help="show the last N lines (default: 100)",
+            )
+            action.add_argument(
+                "-f", "--follow", action="store_true", help="keep printing new lines as they come"
+            )
+    for command, command_parser in sub.choices.items():
+        if command != "service":
+            command_parser.set_defaults(command_parser=command_parser)
     return parser
 
 
@@ -198,7 +240,8 @@ def _client_path(args: argparse.Namespace) -> str:
         "until": getattr(args, "until", None),
         "limit": getattr(args, "limit", None),
         "project": getattr(args, "project", None),
-        "tz": args.tz if args.command == "daily" else None,
+        # the zone days are counted in (today's row of `stats`); other commands only show times
+        "tz": args.tz if args.command in ("daily", "stats") else None,
     }
     given = {k: v for k, v in query.items() if v is not None}
     return f"/{args.command}" + (f"?{urlencode(given)}" if given else "")
@@ -355,9 +398,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from claude_usaged.statusline import main as statusline
 
         return statusline(argv[1:])
-    args = build_parser(settings_help=argv[:1] not in [[c] for c in CLIENT_COMMANDS]).parse_args(
-        argv
-    )
+    parser = build_parser(settings_help=argv[:1] not in [[c] for c in CLIENT_COMMANDS])
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # the usage of the command the unknown argument was given to, not the top level's
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "run":
         return _run(args)
     if args.command in CLIENT_COMMANDS:

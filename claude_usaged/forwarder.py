@@ -306,8 +306,9 @@ class Forwarder:
                     return DrainResult(delivered, self.store.outbox_pending, None)
                 attempt = await self._post(session, batch)
                 if attempt.kind != "ok":
-                    self._after_failure(attempt)
-                    return DrainResult(delivered, self.store.outbox_pending, attempt.error)
+                    # not logged: the caller prints the error as its one line
+                    self._after_failure(attempt, log_it=False)
+                    return DrainResult(delivered, self.store.outbox_pending, self.last_error)
                 await self._acknowledge(batch)
                 body = msgspec.json.decode(batch.body)
                 delivered.projects.update(p["project"] for p in body["projects"])
@@ -392,7 +393,7 @@ class Forwarder:
         except TimeoutError:
             return Attempt("transient", f"no answer within {self.timeout:g} s")
         except (aiohttp.ClientError, OSError) as exc:
-            return Attempt("transient", f"{type(exc).__name__}: {exc}")
+            return Attempt("transient", connection_error(exc, self.url))
 
     def _rejection(self, status: int, reason: str, detail: str) -> str:
         if status in (401, 403):
@@ -402,7 +403,7 @@ class Forwarder:
         detail = " ".join(detail.split())[:200]
         return f"{reason} — the receiver rejected the payload" + (f": {detail}" if detail else "")
 
-    def _after_failure(self, attempt: Attempt) -> float:
+    def _after_failure(self, attempt: Attempt, log_it: bool = True) -> float:
         """Record a failed attempt; return the seconds to wait before the next one."""
         self._failures += 1
         error = self._mask(attempt.error or "unknown error")
@@ -417,7 +418,7 @@ class Forwarder:
             )
             if attempt.retry_after is not None:
                 delay = attempt.retry_after
-        if error != self._logged_error:
+        if log_it and error != self._logged_error:
             # one line per distinct problem, not one per attempt
             self._logged_error = error
             emit = log.error if attempt.kind == "rejected" else log.warning
@@ -437,6 +438,15 @@ class Forwarder:
         if password:
             text = text.replace(password, "***")
         return text
+
+
+def connection_error(exc: BaseException, url: str) -> str:
+    """`ClientConnectorError: Cannot connect to host h:80 [Connection refused]`: aiohttp's
+    message without its ` ssl:default`, which says nothing about a plain-HTTP URL."""
+    text = f"{type(exc).__name__}: {exc}"
+    if urlsplit(url).scheme == "http":
+        text = text.replace(" ssl:default", "")
+    return text
 
 
 def _reason(status: int, reason: str | None) -> str:

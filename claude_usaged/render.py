@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import IO, Any
 
 from rich import box
-from rich.console import Console
+from rich.cells import cell_len
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 TOKEN_COLUMNS = (
@@ -36,8 +38,15 @@ def make_console(file: IO[str] | None = None, env: Mapping[str, str] | None = No
     plain = bool(env.get("NO_COLOR")) or not tty
     # piped into a file or another program, a table is never cut to 80 columns
     width = None if tty or env.get("COLUMNS") else 1000
+    # NO_COLOR: no styling at all (rich's no_color alone still prints bold)
     return Console(
-        file=out, width=width, no_color=plain, highlight=False, emoji=False, soft_wrap=False
+        file=out,
+        width=width,
+        no_color=plain,
+        color_system=None if plain else "auto",
+        highlight=False,
+        emoji=False,
+        soft_wrap=False,
     )
 
 
@@ -67,55 +76,169 @@ def hours_minutes(seconds: float) -> str:
     return f"{minutes // 60}h {minutes % 60:02d}m"
 
 
-def _table(first: Sequence[str], title: str) -> Table:
+# A table is laid out to fit the console: numbers, costs and dates are never cut
+# (their columns are exactly as wide as their longest cell); paths and session ids
+# fold onto more lines; and when that is not enough, headers go onto two lines,
+# token figures become compact (1.2M) and the least important columns are left out.
+FLEX_MIN = 12  # the narrowest a folding column (a path, a session id) is made
+
+
+@dataclass(frozen=True)
+class _Col:
+    header: str
+    cells: list[str]  # one per row
+    justify: JustifyMethod = "left"
+    flex: bool = False  # text that may fold onto more lines (paths, ids)
+
+
+def _header(col: _Col, split: bool) -> str:
+    """The header, on two lines when `split` and it is wider than every cell."""
+    widest = max((cell_len(line) for cell in col.cells for line in cell.split("\n")), default=0)
+    if split and not col.flex and cell_len(col.header) > widest:
+        return col.header.replace(" ", "\n", 1)
+    return col.header
+
+
+def _natural(col: _Col, split: bool) -> int:
+    texts = [*col.cells, _header(col, split)]
+    return max(cell_len(line) for text in texts for line in text.split("\n"))
+
+
+def _widths(cols: Sequence[_Col], split: bool, width: int) -> list[int] | None:
+    """Each column's content width, or None when the table cannot fit in `width`."""
+    naturals = [_natural(col, split) for col in cols]
+    room = width - (3 * len(cols) + 1)  # a border and two spaces of padding per column
+    room -= sum(n for n, col in zip(naturals, cols, strict=True) if not col.flex)
+    flex = [n for n, col in zip(naturals, cols, strict=True) if col.flex]
+    if room < sum(min(n, FLEX_MIN) for n in flex):
+        return None
+    level = max(flex, default=0)
+    while sum(min(n, level) for n in flex) > room:
+        level -= 1
+    return [min(n, level) if col.flex else n for n, col in zip(naturals, cols, strict=True)]
+
+
+def _print_table(
+    console: Console,
+    title: str,
+    columns: Callable[[bool], list[_Col]],
+    drop: Sequence[str] = (),
+    styles: Sequence[str | None] = (),
+    section_after: int | None = None,
+) -> None:
+    """Print the first layout that fits: full figures, then compact ones, each with fewer
+    and fewer of the `drop` columns (least important first)."""
+    width = console.width
+    layout: tuple[list[_Col], bool, list[int]] | None = None
+    for dropped in range(len(drop) + 1):
+        for compact in (False, True):
+            cols = [col for col in columns(compact) if col.header not in drop[:dropped]]
+            for split in (False, True):
+                widths = _widths(cols, split, width)
+                if widths is not None:
+                    layout = cols, split, widths
+                    break
+            if layout:
+                break
+        if layout:
+            break
+    if layout is None:  # narrower than the narrowest layout: rich will have to cut
+        cols = [col for col in columns(True) if col.header not in drop]
+        layout = cols, True, [_natural(col, True) for col in cols]
+    cols, split, widths = layout
     table = Table(title=title, box=box.SQUARE, header_style="bold cyan", title_style="bold")
-    for name in first:
-        table.add_column(name, no_wrap=True)
-    return table
+    for col, col_width in zip(cols, widths, strict=True):
+        table.add_column(
+            _header(col, split),
+            justify=col.justify,
+            width=col_width,
+            no_wrap=not col.flex,
+            overflow="fold",
+        )
+    rows = len(cols[0].cells) if cols else 0
+    for i in range(rows):
+        table.add_row(
+            *(col.cells[i] for col in cols),
+            style=styles[i] if i < len(styles) else None,
+            end_section=i == section_after,
+        )
+    console.print(table)
+
+
+def compact_count(n: int | None) -> str:
+    """1234 -> 1.2k, 123_456 -> 123k, 1_234_567 -> 1.2M; below 1000 as it is."""
+    if n is None:
+        return ""
+    if n < 1000:
+        return str(n)
+    for limit, suffix in ((1e3, "k"), (1e6, "M"), (1e9, "B")):
+        value = n / limit
+        text = f"{value:.1f}" if value < 99.95 else f"{value:.0f}"
+        if float(text) < 1000 or suffix == "B":
+            break
+    return text.removesuffix(".0") + suffix
 
 
 def _models(row: Mapping[str, Any]) -> str:
     return "\n".join(f"- {short_model(m)}" for m in row.get("models", []))
 
 
-def _token_cells(row: Mapping[str, Any]) -> list[str]:
-    return [count(row.get(key)) for _name, key in TOKEN_COLUMNS] + [cost(row.get("cost_usd"))]
+def _token_columns(rows: Sequence[Mapping[str, Any]], compact: bool) -> list[_Col]:
+    fmt = compact_count if compact else count
+    cols = [_Col(name, [fmt(row.get(key)) for row in rows], "right") for name, key in TOKEN_COLUMNS]
+    cols.append(_Col("Cost (USD)", [cost(row.get("cost_usd")) for row in rows], "right"))
+    return cols
 
 
-def _add_numeric_columns(table: Table) -> None:
-    for name, _key in TOKEN_COLUMNS:
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("Cost (USD)", justify="right", no_wrap=True)
+# left out in this order when a table does not fit
+DROP_ORDER = ("Models", "Cache Create", "Cache Read", "Input", "Output")
 
 
 def render_daily(data: Mapping[str, Any], console: Console) -> None:
-    table = _table(["Date", "Models"], f"Claude Code usage by day ({data['timezone']})")
-    _add_numeric_columns(table)
-    for day in data["days"]:
-        table.add_row(day["date"], _models(day), *_token_cells(day))
-    totals = data["totals"]
-    table.add_section()
-    table.add_row("Total", "", *_token_cells(totals), style="yellow")
-    console.print(table)
+    days = data["days"]
+    rows = [*days, {**data["totals"], "models": []}]
+
+    def columns(compact: bool) -> list[_Col]:
+        return [
+            _Col("Date", [day["date"] for day in days] + ["Total"]),
+            _Col("Models", [_models(row) for row in rows]),
+            *_token_columns(rows, compact),
+        ]
+
+    _print_table(
+        console,
+        f"Claude Code usage by day ({data['timezone']})",
+        columns,
+        DROP_ORDER,
+        styles=[None] * len(days) + ["yellow"],
+        section_after=len(days) - 1,
+    )
 
 
 def render_blocks(data: Mapping[str, Any], console: Console, tz: tzinfo | None) -> None:
-    table = _table(["Block Start", "Duration", "Models"], "Claude Code 5-hour blocks")
-    _add_numeric_columns(table)
-    for block in data["blocks"]:
+    blocks = data["blocks"]
+    durations = []
+    for block in blocks:
         start = datetime.fromisoformat(block["start"].replace("Z", "+00:00"))
         end = datetime.fromisoformat(block["actual_end"].replace("Z", "+00:00"))
         status = hours_minutes((end - start).total_seconds())
-        if block["is_active"]:
-            status = f"ACTIVE ({status})"
-        table.add_row(
-            local_time(block["start"], tz),
-            status,
-            _models(block),
-            *_token_cells(block),
-            style="green" if block["is_active"] else None,
-        )
-    console.print(table)
+        durations.append(f"ACTIVE ({status})" if block["is_active"] else status)
+
+    def columns(compact: bool) -> list[_Col]:
+        return [
+            _Col("Block Start", [local_time(block["start"], tz) for block in blocks]),
+            _Col("Duration", durations),
+            _Col("Models", [_models(block) for block in blocks]),
+            *_token_columns(blocks, compact),
+        ]
+
+    _print_table(
+        console,
+        "Claude Code 5-hour blocks",
+        columns,
+        DROP_ORDER,
+        styles=["green" if block["is_active"] else None for block in blocks],
+    )
 
 
 def _grouped(
@@ -126,14 +249,20 @@ def _grouped(
     tz: tzinfo | None,
     project: bool,
 ) -> None:
-    columns = [key.replace("_", " ").title(), *(["Project"] if project else []), "Models"]
-    table = _table(columns, title)
-    _add_numeric_columns(table)
-    table.add_column("Last Activity", no_wrap=True)
-    for row in rows:
-        cells = [str(row[key]), *([str(row.get("project") or "")] if project else [])]
-        table.add_row(*cells, _models(row), *_token_cells(row), local_time(row["last_at"], tz))
-    console.print(table)
+    def columns(compact: bool) -> list[_Col]:
+        return [
+            _Col(key.replace("_", " ").title(), [str(row[key]) for row in rows], flex=True),
+            *(
+                [_Col("Project", [str(row.get("project") or "") for row in rows], flex=True)]
+                if project
+                else []
+            ),
+            _Col("Models", [_models(row) for row in rows]),
+            *_token_columns(rows, compact),
+            _Col("Last Activity", [local_time(row["last_at"], tz) for row in rows]),
+        ]
+
+    _print_table(console, title, columns, DROP_ORDER)
 
 
 def render_sessions(data: Mapping[str, Any], console: Console, tz: tzinfo | None) -> None:

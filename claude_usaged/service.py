@@ -111,6 +111,16 @@ class Runner:
     def say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
 
+    def warn(self, line: str) -> None:
+        print(f"claude-usaged: warning: {line}", file=sys.stderr, flush=True)
+
+    def attempt(self, argv: Sequence[str], note: str) -> None:
+        """Run a command whose failure is only a warning: the error, then `note`."""
+        try:
+            self.run(argv)
+        except ServiceError as exc:
+            self.warn(f"{exc}; {note}")
+
     def run(self, argv: Sequence[str], check: bool = True) -> int:
         self.say("$ " + " ".join(argv))
         if self.dry_run:
@@ -218,19 +228,26 @@ class Service:
             return
         if not self._ours():
             raise ServiceError(f"{path} was not written by claude-usaged; leaving it alone")
+        # a failed stop (no user bus, say) does not keep the file, which may hold a token
+        note = "removing the file anyway; stop the service by hand if it still runs"
         if self.platform == "systemd":
-            runner.run(["systemctl", "--user", "disable", "--now", UNIT_NAME])
+            runner.attempt(["systemctl", "--user", "disable", "--now", UNIT_NAME], note)
         else:
             target = f"{self.domain}/{LAUNCHD_LABEL}"
-            if runner.dry_run or runner.quiet(["launchctl", "print", target]) == 0:
-                runner.run(["launchctl", "bootout", target])
+            try:
+                loaded = runner.dry_run or runner.quiet(["launchctl", "print", target]) == 0
+            except ServiceError as exc:
+                runner.warn(f"{exc}; {note}")
+                loaded = False
+            if loaded:
+                runner.attempt(["launchctl", "bootout", target], note)
         if runner.dry_run:
             runner.say(f"would remove {path}")
         else:
             path.unlink()
             runner.say(f"removed {path}")
         if self.platform == "systemd":
-            runner.run(["systemctl", "--user", "daemon-reload"])
+            runner.attempt(["systemctl", "--user", "daemon-reload"], "the file is removed")
 
     def status(self, runner: Runner) -> int:
         path = self.path

@@ -5,7 +5,12 @@ the database exactly as the daemon does (no HTTP server, no watcher), then
 drains the outbox with the daemon's forwarder, and prints one line:
 `✓ Sync successful: Synced N projects, M sessions, K snapshots`, or why not.
 Exit status: 0 when nothing is left to send, 1 when something is still
-pending, 3 when it cannot start (bad setting, no forward URL, database).
+pending, 3 when it cannot start (bad setting, no forward URL, database, a
+daemon running on the same database).
+
+cron mails whatever a job writes to stderr, so a successful run writes nothing
+there: only warnings are logged (`--verbose`: everything from `info` up), and
+a failed delivery is the one `✗ Sync failed` line.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from claude_usaged.client import ApiError, DaemonDown, fetch
 from claude_usaged.daemon import StartupError, forwarder_for
 from claude_usaged.forwarder import DrainResult
 from claude_usaged.ingest import Ingest
+from claude_usaged.instance import AlreadyRunning, InstanceLock
 from claude_usaged.paths import address_file
 from claude_usaged.pricing import PriceFileError, PriceTable
 from claude_usaged.settings import Settings, SettingsError, load_settings
@@ -30,14 +37,36 @@ EXIT_PENDING = 1
 EXIT_STARTUP = 3
 
 
-def _running_daemon(settings: Settings) -> int | None:
-    """The pid of a live daemon on this database: it forwards by itself."""
+def _running_daemon(settings: Settings) -> tuple[int, str] | None:
+    """The pid and URL of a live daemon on this database (from its address file)."""
     try:
-        pid = int(json.loads(address_file(settings.db).read_text())["pid"])
+        found = json.loads(address_file(settings.db).read_text())
+        pid = int(found["pid"])
         os.kill(pid, 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return pid
+    return pid, str(found.get("url") or "")
+
+
+def _daemon_forwards(url: str) -> bool:
+    """Whether the daemon at `url` says (in `/health`) that it forwards; False when unsure."""
+    try:
+        return bool(fetch(url, "/health", timeout=2.0)["forwarding"]["enabled"])
+    except (DaemonDown, ApiError, ValueError, KeyError, TypeError):
+        return False
+
+
+def daemon_running_message(pid: int, db: object, forwards: bool) -> str:
+    """Why sync will not run beside a daemon, and what to do instead."""
+    head = (
+        f"a daemon (pid {pid}) is running on {db}, and two processes may not write one database; "
+    )
+    if forwards:
+        return head + "it already forwards by itself, so this cron job is not needed"
+    return head + (
+        "stop it, or let it forward instead: give it --forward-url "
+        "(or CLAUDE_USAGED_FORWARD_URL, or forward_url in the config file) and restart it"
+    )
 
 
 async def catch_up(ingest: Ingest) -> None:
@@ -57,26 +86,37 @@ async def catch_up(ingest: Ingest) -> None:
 
 async def sync_once(settings: Settings) -> DrainResult:
     """Catch up, then deliver until the outbox is empty or a request fails."""
-    pid = _running_daemon(settings)
-    if pid is not None:
-        raise StartupError(
-            f"the daemon (pid {pid}) is running on {settings.db} and forwards by itself"
-        )
+    running = _running_daemon(settings)
+    if running is not None:
+        pid, url = running
+        forwards = bool(url) and await asyncio.to_thread(_daemon_forwards, url)
+        raise StartupError(daemon_running_message(pid, settings.db, forwards))
     try:
         prices = PriceTable.load(settings.prices)
     except PriceFileError as exc:
         raise StartupError(f"bad price file: {exc}") from None
+    # the daemon's lock: no daemon (or another sync) starts writing while this one does
+    lock = InstanceLock(settings.db)
     try:
-        store = await Store.open(settings.db, prices, forward_to=settings.forward_url)
-    except StoreError as exc:
-        raise StartupError(str(exc)) from None
+        lock.acquire()
+    except AlreadyRunning as exc:
+        raise StartupError(f"{exc}; try again when it has finished") from None
+    except OSError as exc:
+        raise StartupError(f"cannot open database {settings.db}: {exc}") from None
     try:
-        await catch_up(Ingest(store, settings.claude_dirs))
-        forwarder = forwarder_for(settings, store)
-        assert forwarder is not None
-        return await forwarder.drain()
+        try:
+            store = await Store.open(settings.db, prices, forward_to=settings.forward_url)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            await catch_up(Ingest(store, settings.claude_dirs))
+            forwarder = forwarder_for(settings, store)
+            assert forwarder is not None
+            return await forwarder.drain()
+        finally:
+            await store.close()
     finally:
-        await store.close()
+        lock.release()
 
 
 def summary(result: DrainResult) -> str:
@@ -109,7 +149,11 @@ def main(flags: Mapping[str, Any]) -> int:
             file=sys.stderr,
         )
         return EXIT_STARTUP
-    configure_logging(settings.log_format, settings.log_level)
+    if flags.get("verbose"):
+        level = "debug" if settings.log_level == "debug" else "info"
+    else:
+        level = "error" if settings.log_level == "error" else "warning"
+    configure_logging(settings.log_format, level)
     try:
         result = asyncio.run(sync_once(settings))
     except StartupError as exc:

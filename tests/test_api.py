@@ -322,7 +322,8 @@ async def test_blocks_are_listed_oldest_first_without_gaps(running: RunningDaemo
         ("since=2025-11-20T14:00:00Z", [BLOCK_2, BLOCK_3]),
         ("since=2025-11-21", [BLOCK_3]),
         ("since=20251121", [BLOCK_3]),  # ccusage's YYYYMMDD
-        ("until=2025-11-21", [BLOCK_1, BLOCK_2]),
+        ("until=2025-11-21", [BLOCK_1, BLOCK_2, BLOCK_3]),  # a date includes its whole day
+        ("until=2025-11-20", [BLOCK_1, BLOCK_2]),
         ("until=2025-11-21T01:00:00Z", [BLOCK_1, BLOCK_2]),
         ("until=2025-11-21T01:00:00.001Z", [BLOCK_1, BLOCK_2, BLOCK_3]),
         ("since=2025-11-20T12:00:00%2B00:00&until=2025-11-20T15:00:00Z", [BLOCK_2]),
@@ -332,7 +333,8 @@ async def test_blocks_are_listed_oldest_first_without_gaps(running: RunningDaemo
         ("limit=1", [BLOCK_3]),
         ("limit=2", [BLOCK_2, BLOCK_3]),
         ("limit=10", [BLOCK_1, BLOCK_2, BLOCK_3]),
-        ("until=2025-11-21&limit=1", [BLOCK_2]),
+        ("until=2025-11-21&limit=1", [BLOCK_3]),
+        ("until=2025-11-20&limit=1", [BLOCK_2]),
         ("since=2026-01-01", []),
     ],
 )
@@ -968,3 +970,11 @@ async def test_a_session_that_moves_between_folders_is_found_under_each(
         p["project"]: p["total_tokens"] for p in (await running.get("/projects"))["projects"]
     }
     assert projects == {"/repo": 10, "/repo/app": 60}
+
+
+async def test_unknown_paths_and_methods_answer_json(running: RunningDaemon) -> None:
+    """A 404 or 405 is JSON with the reason and the path, like every other answer."""
+    assert await running.get("/nope", status=404) == {"error": "Not Found", "path": "/nope"}
+    async with running.http.put(running.url + "/stats") as resp:
+        assert resp.status == 405
+        assert await resp.json() == {"error": "Method Not Allowed", "path": "/stats"}

@@ -5,7 +5,8 @@ FORMAT.md), without `progress` lines: ccusage's daily report counts their
 embedded copies, which FORMAT.md says not to (README: where we differ). For
 the blocks, `<synthetic>` lines are removed too: ccusage lets them open a
 block, FORMAT.md does not. The reference build is found through CCUSAGE_BIN
-(set by .ci/run); on CI a missing build is a failure, elsewhere a skip.
+(set by .ci/run), ./node_modules/.bin or PATH, and must say 20.0.11 to
+`--version`; on CI a missing or other build is a failure, elsewhere a skip.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from conftest import RunningDaemon, start_daemon
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from ccusage_ref import find_ccusage, run_ccusage  # noqa: E402
+import ccusage_ref  # noqa: E402
+from ccusage_ref import ccusage_problem, run_ccusage  # noqa: E402
 from corpus import generate  # noqa: E402
 
 TOKENS = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens")
@@ -36,10 +38,36 @@ CC_BLOCK_TOKENS = (
 
 @pytest.fixture(scope="module")
 def ccusage() -> None:
-    if find_ccusage() is None:
+    problem = ccusage_problem()
+    if problem is not None:
         if os.environ.get("CI"):
-            pytest.fail("ccusage 20.0.11 not found on CI: .ci/run should install it")
-        pytest.skip("ccusage 20.0.11 not found (set CCUSAGE_BIN)")
+            pytest.fail(f"{problem} (on CI, .ci/run should install it)")
+        pytest.skip(problem)
+
+
+def test_a_build_of_another_version_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ccusage whose --version is not 20.0.11 is named with its version, not used."""
+    fake = tmp_path / "ccusage"
+    fake.write_text("#!/bin/sh\necho 'ccusage 19.9.0'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CCUSAGE_BIN", str(fake))
+    assert ccusage_problem() == (
+        f"{fake} is ccusage 19.9.0, not the reference 20.0.11: "
+        "set CCUSAGE_BIN to a ccusage 20.0.11 build"
+    )
+
+
+def test_nothing_found_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without CCUSAGE_BIN, ./node_modules or PATH, the problem says where it looked."""
+    monkeypatch.delenv("CCUSAGE_BIN", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(ccusage_ref, "REPO_ROOT", tmp_path)
+    assert ccusage_problem() == (
+        "ccusage not found: set CCUSAGE_BIN, or install ccusage@20.0.11 "
+        "in ./node_modules or on PATH"
+    )
 
 
 def _drop_synthetic(root: Path) -> int:

@@ -89,6 +89,7 @@ async def history(running: RunningDaemon) -> RunningDaemon:
             ["daily", "--since", "2025-09-04", "--tz", "Asia/Kolkata"],
             "/daily?since=2025-09-04&tz=Asia%2FKolkata",
         ),
+        (["stats", "--tz", "Asia/Tokyo"], "/stats?tz=Asia%2FTokyo"),
         (["blocks", "--until", "2025-09-04"], "/blocks?until=2025-09-04"),
         (["blocks", "--limit", "1"], "/blocks?limit=1"),
         (["sessions", "--project", "/home/dev/api"], "/sessions?project=%2Fhome%2Fdev%2Fapi"),

@@ -202,6 +202,65 @@ def test_systemd_uninstall_removes_exactly_what_install_wrote(
     ]
 
 
+FAILING = """#!/bin/sh
+echo "$(basename "$0") $*" >> "$FAKE_LOG"
+echo "Failed to connect to bus: No medium found" >&2
+exit 1
+"""
+
+
+def fail_always(home: Path, name: str) -> None:
+    exe = home.parent / "bin" / name
+    exe.write_text(FAILING)
+
+
+def test_systemd_uninstall_without_a_user_bus_still_removes_the_unit(
+    home: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """When systemctl fails, the unit (which may hold a token) is removed anyway, a warning
+    names the failed command, and the exit status is 0."""
+    assert main(["service", "install", "--platform", "systemd"]) == 0
+    fail_always(home, "systemctl")
+    capfd.readouterr()
+    assert main(["service", "uninstall", "--platform", "systemd"]) == 0
+    assert files_under(home) == set()
+    out, err = capfd.readouterr()
+    assert out == (
+        "$ systemctl --user disable --now claude-usaged.service\n"
+        f"removed {home / UNIT}\n"
+        "$ systemctl --user daemon-reload\n"
+    )
+    assert err == (
+        "Failed to connect to bus: No medium found\n"
+        "claude-usaged: warning: `systemctl --user disable --now claude-usaged.service` "
+        "exited with status 1; removing the file anyway; stop the service by hand if it "
+        "still runs\n"
+        "Failed to connect to bus: No medium found\n"
+        "claude-usaged: warning: `systemctl --user daemon-reload` exited with status 1; "
+        "the file is removed\n"
+    )
+
+
+def test_launchd_uninstall_removes_the_plist_when_bootout_fails(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A failing `launchctl bootout` is a warning naming it; the plist is removed, exit 0."""
+    assert main(["service", "install", "--platform", "launchd"]) == 0
+    (home.parent / "bin" / "launchctl").write_text(
+        FAKE.replace(
+            '"launchctl bootout") rm -f "$FAKE_LOG.loaded" ;;', '"launchctl bootout") exit 5 ;;'
+        )
+    )
+    capsys.readouterr()
+    assert main(["service", "uninstall", "--platform", "launchd"]) == 0
+    assert files_under(home) == set()
+    target = f"gui/{os.getuid()}/{LAUNCHD_LABEL}"
+    assert capsys.readouterr().err == (
+        f"claude-usaged: warning: `launchctl bootout {target}` exited with status 5; "
+        "removing the file anyway; stop the service by hand if it still runs\n"
+    )
+
+
 def test_uninstall_leaves_a_unit_it_did_not_write(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
