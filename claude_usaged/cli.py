@@ -293,7 +293,8 @@ def _client(args: argparse.Namespace) -> int:
         if args.offline:
             text = _offline_text(args)
         else:
-            text = fetch_text(find_url(args.url, args.db), _client_path(args))
+            config = str(args.config) if getattr(args, "config", None) else None
+            text = fetch_text(find_url(args.url, args.db, config), _client_path(args))
     except DaemonDown as exc:
         print(
             f"claude-usaged: no daemon is running ({exc}).\n"

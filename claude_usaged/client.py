@@ -50,21 +50,51 @@ def default_data_dir(env: Mapping[str, str] | None = None, platform: str = sys.p
     return os.path.join(base, APP_NAME)
 
 
-def address_path(db: str | None = None, env: Mapping[str, str] | None = None) -> str:
-    """The address file beside the database (`--db`, `$CLAUDE_USAGED_DB` or the default);
-    the same place as `claude_usaged.paths.address_file`."""
+def default_config_path(env: Mapping[str, str], platform: str = sys.platform) -> str:
+    """`claude_usaged.settings.default_config_file`, without platformdirs."""
+    home = os.path.expanduser("~")
+    if platform == "darwin":
+        return os.path.join(home, "Library", "Application Support", APP_NAME, "config.toml")
+    base = env.get("XDG_CONFIG_HOME", "").strip() or os.path.join(home, ".config")
+    return os.path.join(base, APP_NAME, "config.toml")
+
+
+def _db_from_config(config: str | None, env: Mapping[str, str]) -> str | None:
+    """The `db` key of the config file, if there is one (read only when it exists)."""
+    path = config or env.get("CLAUDE_USAGED_CONFIG", "").strip() or default_config_path(env)
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        return None
+    import tomllib  # only when a config file exists: the status line stays fast
+
+    try:
+        with open(path, "rb") as f:
+            value = tomllib.load(f).get("db")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    if not isinstance(value, str) or not value:
+        return None
+    # relative to the file, as `claude-usaged run` reads it
+    return os.path.join(os.path.dirname(path), os.path.expanduser(value))
+
+
+def address_path(
+    db: str | None = None, env: Mapping[str, str] | None = None, config: str | None = None
+) -> str:
+    """The address file beside the database (`--db`, `$CLAUDE_USAGED_DB`, the config
+    file's `db`, or the default): the same place as `claude_usaged.paths.address_file`."""
     env = os.environ if env is None else env
-    db = db or env.get("CLAUDE_USAGED_DB", "").strip()
+    db = db or env.get("CLAUDE_USAGED_DB", "").strip() or _db_from_config(config, env)
     if not db:
         db = os.path.join(default_data_dir(env), "usage.sqlite3")
     return os.path.expanduser(db) + ".addr"
 
 
-def find_url(url: str | None = None, db: str | None = None) -> str:
+def find_url(url: str | None = None, db: str | None = None, config: str | None = None) -> str:
     """`url` when given, else the `url` the running daemon wrote to its address file."""
     if url:
         return url.rstrip("/")
-    path = address_path(db)
+    path = address_path(db, config=config)
     try:
         with open(path, encoding="utf-8") as f:
             found = json.load(f)["url"]

@@ -7,6 +7,7 @@ through the address file beside the database (`--db`).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -129,3 +130,34 @@ async def test_a_value_the_api_refuses_exits_2_with_its_message(running: Running
     proc = await cli("daily", "--since", "soon", "--db", str(running.db))
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == "claude-usaged: since must be a date like 2026-11-26, got 'soon'\n"
+
+
+async def test_the_database_named_in_the_config_file_leads_to_the_daemon(
+    running: RunningDaemon, tmp_path: Path
+) -> None:
+    """With `db` only in config.toml, client commands still find the running daemon."""
+    config_home = tmp_path / "xdg-config"
+    (config_home / "claude-usaged").mkdir(parents=True)
+    (config_home / "claude-usaged" / "config.toml").write_text(f'db = "{running.db}"\n')
+    done = await cli("stats", "--json", XDG_CONFIG_HOME=str(config_home))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == json.loads(await raw(running, "/stats"))
+    named = tmp_path / "named.toml"
+    named.write_text(f'db = "{running.db}"\n')
+    done = await cli("stats", "--json", "--config", str(named))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == json.loads(await raw(running, "/stats"))
+    # and without it: no daemon at the default place
+    done = await cli("stats", "--json")
+    assert done.returncode == 4
+
+
+def test_the_light_config_lookup_agrees_with_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's config path without platformdirs is the one `run` reads."""
+    from claude_usaged.client import default_config_path
+    from claude_usaged.settings import default_config_file
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert default_config_path(os.environ) == str(default_config_file())
