@@ -199,3 +199,36 @@ def _no_personal_config(
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.delenv("CLAUDE_USAGED_CONFIG", raising=False)
+
+
+def write_history(root: Path, enc: str = "-home-dev-api") -> None:
+    """Two days, two sessions, two models, in one project (client and offline tests)."""
+    write_lines(
+        root / "projects" / enc / "s1.jsonl",
+        [
+            assistant("m1", "r1", "2025-09-03T10:00:00.000Z", input_tokens=1000, output_tokens=500),
+            assistant(
+                "m2",
+                "r2",
+                "2025-09-03T11:30:00.000Z",
+                model="claude-opus-4-1-20250805",
+                input_tokens=20,
+                output_tokens=3000,
+                cache_read=120000,
+            ),
+        ],
+    )
+    write_lines(
+        root / "projects" / enc / "s2.jsonl",
+        [
+            assistant(
+                "m3",
+                "r3",
+                "2025-09-04T08:15:00.000Z",
+                session="s2",
+                input_tokens=7,
+                output_tokens=42000,
+                cache_creation=9000,
+            )
+        ],
+    )

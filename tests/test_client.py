@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RunningDaemon, assistant, write_lines
+from conftest import RunningDaemon, write_history
 
 ENC = "-home-dev-api"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -49,35 +49,7 @@ async def raw(running: RunningDaemon, path: str) -> str:
 @pytest.fixture
 async def history(running: RunningDaemon) -> RunningDaemon:
     """Two days, two sessions, two models, in one project."""
-    write_lines(
-        running.projects / ENC / "s1.jsonl",
-        [
-            assistant("m1", "r1", "2025-09-03T10:00:00.000Z", input_tokens=1000, output_tokens=500),
-            assistant(
-                "m2",
-                "r2",
-                "2025-09-03T11:30:00.000Z",
-                model="claude-opus-4-1-20250805",
-                input_tokens=20,
-                output_tokens=3000,
-                cache_read=120000,
-            ),
-        ],
-    )
-    write_lines(
-        running.projects / ENC / "s2.jsonl",
-        [
-            assistant(
-                "m3",
-                "r3",
-                "2025-09-04T08:15:00.000Z",
-                session="s2",
-                input_tokens=7,
-                output_tokens=42000,
-                cache_creation=9000,
-            )
-        ],
-    )
+    write_history(running.root)
     await running.refresh()
     return running
 

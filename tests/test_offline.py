@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import assistant, daemon_on, write_lines
+from conftest import daemon_on, write_history
 
 from claude_usaged.offline import answer
 from claude_usaged.settings import load_settings
@@ -27,35 +27,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 def history(root: Path) -> None:
     """Two days, two sessions, two models, in one project (test_client's history)."""
-    write_lines(
-        root / "projects" / ENC / "s1.jsonl",
-        [
-            assistant("m1", "r1", "2025-09-03T10:00:00.000Z", input_tokens=1000, output_tokens=500),
-            assistant(
-                "m2",
-                "r2",
-                "2025-09-03T11:30:00.000Z",
-                model="claude-opus-4-1-20250805",
-                input_tokens=20,
-                output_tokens=3000,
-                cache_read=120000,
-            ),
-        ],
-    )
-    write_lines(
-        root / "projects" / ENC / "s2.jsonl",
-        [
-            assistant(
-                "m3",
-                "r3",
-                "2025-09-04T08:15:00.000Z",
-                session="s2",
-                input_tokens=7,
-                output_tokens=42000,
-                cache_creation=9000,
-            )
-        ],
-    )
+    write_history(root)
 
 
 async def offline(tmp_path: Path, root: Path, *args: str) -> subprocess.CompletedProcess[str]:
