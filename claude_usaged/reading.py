@@ -61,7 +61,8 @@ async def read_all(
         return
     # spawn: the daemon has threads (watchdog, sqlite), which fork does not copy safely
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    try:
         futures = [
             asyncio.wrap_future(pool.submit(read_group, [(p, cursors.get(p)) for p in group]))
             for group in _groups(paths, workers)
@@ -69,6 +70,9 @@ async def read_all(
         for done in asyncio.as_completed(futures):
             for item in await done:
                 yield item
+    finally:
+        # on a stop mid-way, drop the groups not started instead of reading them all
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def read_group(items: list[tuple[str, Cursor | None]]) -> list[tuple[str, ReadOutcome]]:
