@@ -23,6 +23,7 @@ from claude_usaged.usage import dedupe
 HEAD_BYTES = 1024
 TAIL_BYTES = 32
 CHUNK_BYTES = 4 << 20
+_USAGE_KEY = b'"usage"'
 MAX_LINE_BYTES = 32 << 20
 """A line longer than this is skipped (logged and counted), never buffered whole."""
 
@@ -158,6 +159,8 @@ def _consume(
     pos = start
     carry = b""
     skipping = False  # inside a line longer than max_line: drop bytes to its \n
+    seen = b""  # the last bytes dropped, so a key cut by a chunk edge is still found
+    had_usage = False  # whether the dropped line could have held a response
     committed = start
     while True:
         chunk = _pread(fd, CHUNK_BYTES, pos)
@@ -167,26 +170,30 @@ def _consume(
         result.bytes_read += len(chunk)
         if skipping:
             nl = chunk.find(b"\n")
+            part = seen + (chunk if nl == -1 else chunk[:nl])
+            had_usage = had_usage or _USAGE_KEY in part
+            seen = part[-len(_USAGE_KEY) :]
             if nl == -1:
                 continue
             skipping = False
             result.long_lines += 1
             result.parsed.lines += 1
-            result.parsed.skipped["line_too_long"] += 1
+            if had_usage:  # as parse_lines counts only the long lines it would decode
+                result.parsed.skipped["line_too_long"] += 1
             chunk = chunk[nl + 1 :]
             committed = pos - len(chunk)
         last_nl = chunk.rfind(b"\n")
         if last_nl == -1:
             carry += chunk
             if len(carry) > max_line:
+                skipping, had_usage, seen = True, _USAGE_KEY in carry, carry[-len(_USAGE_KEY) :]
                 carry = b""
-                skipping = True
             continue
         buf = carry + chunk[: last_nl + 1] if carry else chunk[: last_nl + 1]
         carry = chunk[last_nl + 1 :]
         result.parsed.merge(parse_lines(buf, session, project, intern, max_line))
         committed = pos - len(carry)
         if len(carry) > max_line:
+            skipping, had_usage, seen = True, _USAGE_KEY in carry, carry[-len(_USAGE_KEY) :]
             carry = b""
-            skipping = True
     return committed

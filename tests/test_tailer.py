@@ -267,12 +267,6 @@ def test_chunk_boundaries_anywhere_yield_the_same_records(
     assert whole.cursor.offset == pieces.cursor.offset == path.stat().st_size
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG (minor): a line over max_line without a "usage" key is counted as '
-    "line_too_long only when it spans a chunk boundary, so the skipped counter depends on "
-    "chunking (and on where a re-read starts)",
-)
 def test_chunking_does_not_change_the_skip_counts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
