@@ -8,12 +8,12 @@ give identical rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from claude_usaged.usage import BUCKET_MS
-from claude_usaged.windows import Block, floor_hour, opens_new_block
+from claude_usaged.windows import Block, build_blocks
 
 ResponseRow = tuple[int, str, str, str, int, int, int, int, float | None]
 """(ts_ms, model, session_id, project, input, output, cache_creation, cache_read, cost)."""
@@ -51,9 +51,8 @@ class Aggregator:
         self._blocks: list[Block] = []
         self._last_ts = -(2**62)
 
-    def feed(self, rows: Iterable[ResponseRow]) -> None:
+    def feed(self, rows: Sequence[ResponseRow]) -> None:
         buckets, sessions, projects = self._buckets, self._sessions, self._projects
-        block = self._blocks[-1] if self._blocks else None
         for ts, model, session, project, inp, out, cc, cr, cost in rows:
             if ts < self._last_ts:
                 raise ValueError("Aggregator.feed needs rows in time order")
@@ -73,11 +72,14 @@ class Aggregator:
                 acc = projects[(project, model)] = [0, 0, 0, 0, 0, 0.0, 0, ts, ts]
             _sums(acc, inp, out, cc, cr, cost)
             acc[8] = ts
-            if block is None or opens_new_block(block, ts):
-                block = Block(start_ms=floor_hour(ts), first_ms=ts, last_ms=ts)
-                self._blocks.append(block)
-            block.last_ms = ts
-            block.add_response(model, inp, out, cc, cr, cost)
+        previous = self._blocks[-1] if self._blocks else None
+        self._blocks += build_blocks(
+            (
+                (ts, model, inp, out, cc, cr, cost)
+                for ts, model, _, _, inp, out, cc, cr, cost in rows
+            ),
+            previous,
+        )
 
     def result(self) -> Aggregates:
         out = Aggregates()
@@ -86,10 +88,3 @@ class Aggregator:
         out.projects = [(p, m, a[7], a[8], *a[:7]) for (p, m), a in self._projects.items()]
         out.blocks = self._blocks
         return out
-
-
-def aggregate(rows: Iterable[ResponseRow]) -> Aggregates:
-    """Every aggregate of `rows` (any order)."""
-    aggregator = Aggregator()
-    aggregator.feed(sorted(rows, key=lambda r: r[0]))
-    return aggregator.result()

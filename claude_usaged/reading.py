@@ -37,10 +37,7 @@ _worker_intern = new_interner()
 def unread_bytes(paths: Sequence[str], cursors: dict[str, Cursor]) -> int:
     total = 0
     for path in paths:
-        try:
-            size = os.stat(path).st_size
-        except OSError:
-            continue
+        size = _size(path)  # 0 for a file that vanished: nothing to read
         cursor = cursors.get(path)
         total += size - cursor.offset if cursor and size >= cursor.offset else size
     return total
