@@ -373,22 +373,21 @@ class Store:
             await self._db.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", part)
             await self._db.execute(sql.format(where=f"AND {column} IN ({marks})"), part)
 
-    async def _rebuild_blocks_from(self, ts_ms: int | None) -> None:
+    async def _rebuild_blocks_from(self, ts_ms: int) -> None:
         """Recompute blocks from the one holding the last response before `ts_ms`."""
         db = self._db
         since: int | None = None
-        if ts_ms is not None:
+        async with db.execute(
+            "SELECT max(ts) FROM responses WHERE counted = 1 AND ts < ?", (ts_ms,)
+        ) as cur:
+            row = await cur.fetchone()
+        prev = row[0] if row else None
+        if prev is not None:
             async with db.execute(
-                "SELECT max(ts) FROM responses WHERE counted = 1 AND ts < ?", (ts_ms,)
+                "SELECT max(first_ts) FROM blocks WHERE first_ts <= ?", (prev,)
             ) as cur:
                 row = await cur.fetchone()
-            prev = row[0] if row else None
-            if prev is not None:
-                async with db.execute(
-                    "SELECT max(first_ts) FROM blocks WHERE first_ts <= ?", (prev,)
-                ) as cur:
-                    row = await cur.fetchone()
-                since = row[0] if row else None
+            since = row[0] if row else None
         if since is None:
             await db.execute("DELETE FROM blocks")
             query = (
