@@ -6,6 +6,7 @@ JSON, snake_case, ISO-8601 UTC times with `Z`. A bad query parameter gets a
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from aiohttp import web
 from claude_usaged import __version__
 from claude_usaged.forwarder import Forwarder, disabled_json
 from claude_usaged.ingest import Ingest
+from claude_usaged.received import BadPayload
 from claude_usaged.stats import ReadModel, iso
+from claude_usaged.team import ALL, Team
 from claude_usaged.watcher import Watcher
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -34,16 +37,25 @@ class ApiContext:
     db_path: str
     started_at: float
     forwarder: Forwarder | None = None
+    machine_id: str | None = None
+    """This daemon's own machine id (the one it forwards as)."""
+    team: Team | None = None
+    """Set on a team server (`--accept-forwarded`)."""
+    ingest_token: str | None = None
 
+
+MAX_INGEST_BYTES = 10 * 1024 * 1024
+"""A forwarded batch is at most 1 MB; a body over 10 MB gets 413 unread."""
 
 CONTEXT = web.AppKey("context", ApiContext)
 
 
 class BadParam(Exception):
-    def __init__(self, name: str, message: str) -> None:
+    def __init__(self, name: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.name = name
         self.message = message
+        self.status = status
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -104,12 +116,34 @@ def _limit(request: web.Request) -> int | None:
     return int(raw)
 
 
+def _read(request: web.Request) -> ReadModel:
+    """The read model `?machine=` names: on a team server every machine together by
+    default (or `all`), one machine by its id; elsewhere this daemon's own usage."""
+    ctx = request.app[CONTEXT]
+    machine = request.query.get("machine") or None
+    if ctx.team is not None:
+        read = ctx.team.read_for(machine)
+        if read is not None:
+            return read
+        known = ", ".join(sorted(ctx.team.machines)) or "none yet"
+        raise BadParam("machine", f"unknown machine {machine!r} (known: {known})", 404)
+    if machine in (None, ALL, ctx.machine_id):
+        return ctx.read
+    raise BadParam(
+        "machine",
+        f"unknown machine {machine!r}: this daemon has only its own usage "
+        f"(machine {ctx.machine_id}); other machines are known to a team server "
+        "(--accept-forwarded)",
+        404,
+    )
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except BadParam as exc:
-        return _json({"error": exc.message, "parameter": exc.name}, status=400)
+        return _json({"error": exc.message, "parameter": exc.name}, status=exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -137,38 +171,35 @@ async def ingest_json(ctx: ApiContext) -> dict[str, Any]:
 
 async def stats(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    body = await ctx.read.stats(_now_ms(), _zone(request, ctx.read.default_tz))
+    read = _read(request)
+    body = await read.stats(_now_ms(), _zone(request, read.default_tz))
     body["ingest"] = await ingest_json(ctx)
     body["forwarding"] = forwarding_json(ctx)
     return _json(body)
 
 
 async def blocks(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
     q = request.query
     since = parse_instant("since", q["since"]) if q.get("since") else None
     until = parse_instant("until", q["until"], end_of_day=True) if q.get("until") else None
-    rows = await ctx.read.blocks(since, until, _limit(request), _now_ms())
+    rows = await _read(request).blocks(since, until, _limit(request), _now_ms())
     return _json({"blocks": rows})
 
 
 async def daily(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
     q = request.query
     since = parse_date("since", q["since"]) if q.get("since") else None
     until = parse_date("until", q["until"]) if q.get("until") else None
-    tz = _zone(request, ctx.read.default_tz)
-    return _json(await ctx.read.daily(since, until, tz))
+    read = _read(request)
+    return _json(await read.daily(since, until, _zone(request, read.default_tz)))
 
 
 async def sessions(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    return _json({"sessions": await ctx.read.sessions(request.query.get("project"))})
+    return _json({"sessions": await _read(request).sessions(request.query.get("project"))})
 
 
 async def projects(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    return _json({"projects": await ctx.read.projects()})
+    return _json({"projects": await _read(request).projects()})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -178,6 +209,8 @@ async def health(request: web.Request) -> web.Response:
         {
             "status": "ok",
             "version": __version__,
+            "machine_id": ctx.machine_id,
+            "team": _team_json(ctx),
             "caught_up": ctx.ingest.state.caught_up,
             "uptime_seconds": round(time.time() - ctx.started_at, 3),
             "database": {
@@ -202,8 +235,58 @@ async def refresh(request: web.Request) -> web.Response:
     return _json({"status": "ok", "caught_up": ctx.ingest.state.caught_up})
 
 
+def _team_json(ctx: ApiContext) -> dict[str, Any]:
+    team = ctx.team
+    return {"enabled": team is not None, "machines": len(team.machines) if team else 0}
+
+
+def _authorized(request: web.Request, token: str | None) -> bool:
+    if token is None:
+        return True  # allowed only on loopback: the daemon refuses to start otherwise
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    given_bytes = given.strip().encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token.encode())
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    raw = request.headers.get("Idempotency-Key", "").strip()
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':  # an sf-string, as our forwarder sends it
+        raw = raw[1:-1]
+    return raw[:200] or None
+
+
+async def ingest_forwarded(request: web.Request) -> web.Response:
+    """`POST /v1/ingest`: one batch from a forwarding daemon (payload version 1)."""
+    ctx = request.app[CONTEXT]
+    assert ctx.team is not None  # only routed on a team server
+    if not _authorized(request, ctx.ingest_token):
+        return web.json_response(
+            {"error": "missing or wrong ingest token (Authorization: Bearer ...)"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="claude-usaged"'},
+        )
+    if (request.content_length or 0) > MAX_INGEST_BYTES:
+        raise web.HTTPRequestEntityTooLarge(MAX_INGEST_BYTES, request.content_length or 0)
+    body = await request.read()  # over client_max_size: 413
+    try:
+        answer = await ctx.team.receive(body, _idempotency_key(request))
+    except BadPayload as exc:
+        return _json({"error": exc.reason}, status=exc.status)
+    response = _json(answer.body, status=answer.status)
+    if answer.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+async def machines(request: web.Request) -> web.Response:
+    """`GET /machines` (team server): every machine that forwarded, with its totals."""
+    ctx = request.app[CONTEXT]
+    assert ctx.team is not None
+    return _json({"machines": await ctx.team.machines_json(_now_ms())})
+
+
 def make_app(ctx: ApiContext) -> web.Application:
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_INGEST_BYTES)
     app[CONTEXT] = ctx
     app.router.add_get("/stats", stats)
     app.router.add_get("/blocks", blocks)
@@ -215,4 +298,8 @@ def make_app(ctx: ApiContext) -> web.Application:
     # the paths of the setup guide this replaces, so its frontend works unchanged
     app.router.add_get("/app/claude-usage/stats/", stats)
     app.router.add_post("/app/claude-usage/refresh/", refresh)
+    if ctx.team is not None:
+        app.router.add_post("/v1/ingest", ingest_forwarded)
+        app.router.add_post("/app/claude-usage/agent-sync/", ingest_forwarded)
+        app.router.add_get("/machines", machines)
     return app

@@ -81,6 +81,13 @@ def _add_settings_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--forward-url", metavar="URL", help=_settings_help("forward_url"))
     run.add_argument("--forward-token", metavar="TOKEN", help=_settings_help("forward_token"))
     run.add_argument("--forward-timeout", metavar="SECONDS", help=_settings_help("forward_timeout"))
+    run.add_argument(
+        "--accept-forwarded",
+        action="store_const",
+        const=True,
+        help=_settings_help("accept_forwarded"),
+    )
+    run.add_argument("--ingest-token", metavar="TOKEN", help=_settings_help("ingest_token"))
 
 
 def _add_client_arguments(cmd: argparse.ArgumentParser, *, dates: str = "") -> None:

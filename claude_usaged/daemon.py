@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from claude_usaged import sdnotify
+from claude_usaged import outbox, sdnotify
 from claude_usaged.api import ApiContext, make_app
 from claude_usaged.forwarder import Forwarder
 from claude_usaged.ingest import Ingest
@@ -29,6 +30,7 @@ from claude_usaged.pricing import PriceFileError, PriceTable
 from claude_usaged.settings import Settings
 from claude_usaged.stats import ReadModel
 from claude_usaged.store import Store, StoreError
+from claude_usaged.team import Team
 from claude_usaged.watcher import RESCAN, Watcher
 
 log = structlog.get_logger(__name__)
@@ -103,12 +105,51 @@ async def _supervise_ingest(ingest: Ingest) -> None:
             ingest.request_rescan()
 
 
+SELF_TARGET = "team-server:self"
+"""The outbox target of a team server that forwards its own transcripts to itself."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def forward_target(settings: Settings) -> str | None:
+    """What the outbox forwards to: the URL, or a team server's own ingest endpoint."""
+    if settings.forward_url:
+        return settings.forward_url
+    return SELF_TARGET if settings.accept_forwarded else None
+
+
+def _check_team(settings: Settings) -> None:
+    open_to_all = not is_loopback(settings.host)
+    if settings.accept_forwarded and settings.ingest_token is None and open_to_all:
+        raise StartupError(
+            f"--accept-forwarded on {settings.host} needs an ingest token beyond loopback: "
+            "set --ingest-token or CLAUDE_USAGED_INGEST_TOKEN (senders use it as "
+            "CLAUDE_USAGED_FORWARD_TOKEN)"
+        )
+
+
 def forwarder_for(settings: Settings, store: Store) -> Forwarder | None:
     """The outbox's delivery loop when a forward URL is set (`run` and `sync --once`)."""
     if not settings.forward_url:
         return None
     token = settings.forward_token.get_secret_value() if settings.forward_token else None
     return Forwarder(store, settings.forward_url, token, timeout=settings.forward_timeout)
+
+
+def _loopback_of(host: str) -> str:
+    """An address of this host for a bound one (`0.0.0.0` is not one to connect to)."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if ":" in host:
+        return "[::1]" if host == "::" else f"[{host}]"
+    return host
 
 
 class Daemon:
@@ -125,9 +166,11 @@ class Daemon:
         self.forwarder: Forwarder | None = None
         self.address: tuple[str, int] | None = None
         self._lock: InstanceLock | None = None
+        self._team: Team | None = None
 
     async def startup(self) -> None:
         s = self.settings
+        _check_team(s)
         try:
             prices = PriceTable.load(s.prices)
         except PriceFileError as exc:
@@ -142,9 +185,13 @@ class Daemon:
             self._lock = None
             raise StartupError(f"cannot open database {s.db}: {exc}") from None
         try:
-            self._store = await Store.open(s.db, prices, forward_to=s.forward_url)
+            self._store = await Store.open(s.db, prices, forward_to=forward_target(s))
+            if s.accept_forwarded:
+                self._team = await Team.open(s.db, prices, s.zone)
         except StoreError as exc:
             raise StartupError(str(exc)) from None
+        except OSError as exc:  # the team directory beside the database
+            raise StartupError(f"cannot create the team databases: {exc}") from None
         store = self._store
         ingest = Ingest(store, s.claude_dirs)
         await ingest.start()
@@ -160,6 +207,9 @@ class Daemon:
             db_path=str(s.db),
             started_at=time.time(),
             forwarder=self.forwarder,
+            machine_id=await store.write(outbox.machine_id),
+            team=self._team,
+            ingest_token=s.ingest_token.get_secret_value() if s.ingest_token else None,
         )
         # listen first: a taken port fails before any reading starts
         self._runner = web.AppRunner(make_app(ctx), access_log=None, handle_signals=False)
@@ -175,6 +225,13 @@ class Daemon:
                 ) from None
             reason = exc.strerror or str(exc)
             raise StartupError(f"cannot listen on {s.host}:{s.port}: {reason}") from None
+        host, port = self._runner.addresses[0][:2]
+        if self._team is not None and self.forwarder is None:
+            # the team's view includes this machine's own transcripts: forward them to itself
+            self.forwarder = ctx.forwarder = Forwarder(
+                store, f"http://{_loopback_of(host)}:{port}/v1/ingest", ctx.ingest_token
+            )
+            ingest.listeners.append(self.forwarder.wake)
         self._tasks.append(asyncio.create_task(_supervise_ingest(ingest), name="ingest"))
         await self._watcher.start()
         # a change made while the watches were being added sent no event: look once more
@@ -188,7 +245,6 @@ class Daemon:
         if self.forwarder is not None:
             # last started, first stopped: an unacknowledged batch is simply sent again
             self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forward"))
-        host, port = self._runner.addresses[0][:2]
         self.address = (host, port)
         write_address(address_file(s.db), host, port)
         log.info(
@@ -227,6 +283,8 @@ class Daemon:
             await asyncio.to_thread(self._watcher.stop)
         if self._read is not None:
             await self._read.close()
+        if self._team is not None:
+            await self._team.close()
         if self._store is not None:
             await self._store.close()
         if self._lock is not None:

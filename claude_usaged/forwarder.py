@@ -113,7 +113,8 @@ def backoff_delay(
 
 def snapshot_json(row: SnapshotRow) -> dict[str, Any]:
     """One counted response as sent: metadata and counts, never content."""
-    key, ts, model, session, project, sidechain, inp, out, cc, cr, web, cost = row
+    key, ts, model, session, project, sidechain, inp, out, cc, cr, web, cost = row[:12]
+    message_id, cc_1h, speed, geo = row[12:16]
     return {
         "key": key,
         "timestamp": iso(ts),
@@ -127,6 +128,11 @@ def snapshot_json(row: SnapshotRow) -> dict[str, Any]:
         "cache_read_tokens": cr,
         "web_search_requests": web,
         "cost_usd": cost,
+        # what a receiver needs to count and price exactly as the sender does
+        "message_id": message_id,
+        "cache_creation_1h_tokens": cc_1h,
+        "speed": speed,
+        "inference_geo": geo,
     }
 
 
@@ -140,7 +146,9 @@ class BodySizer:
 
     def __call__(self, row: SnapshotRow) -> int:
         key, _ts, model, session, project = row[:5]
-        size = 380 + _utf8(key) + _utf8(model) + _utf8(session) + _utf8(project)
+        message_id, _cc_1h, speed, geo = row[12:16]
+        size = 480 + _utf8(key) + _utf8(model) + _utf8(session) + _utf8(project)
+        size += _utf8(message_id) + _utf8(speed or "") + _utf8(geo or "")
         if project not in self._projects:
             self._projects.add(project)
             size += 120 + _utf8(project)

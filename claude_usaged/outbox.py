@@ -27,14 +27,16 @@ _SEED = (
 )
 _PENDING = """
 SELECT o.seq, r.counted, r.key, r.ts, r.model, r.session_id, r.project, r.is_sidechain,
-    r.input, r.output, r.cache_creation, r.cache_read, r.web_search, r.cost
+    r.input, r.output, r.cache_creation, r.cache_read, r.web_search, r.cost,
+    r.message_id, r.cache_creation_1h, r.speed, r.geo
 FROM outbox o LEFT JOIN responses r ON r.key = o.key
 WHERE o.batch IS NULL ORDER BY o.seq LIMIT ?
 """
 
 SnapshotRow = tuple[Any, ...]
 """(key, ts, model, session_id, project, is_sidechain, input, output,
-cache_creation, cache_read, web_search, cost) of one counted response."""
+cache_creation, cache_read, web_search, cost, message_id, cache_creation_1h,
+speed, geo) of one counted response."""
 
 BodyBuilder = Callable[[str, int, Sequence[SnapshotRow]], bytes]
 """(batch id, created ms, snapshot rows) -> the request body; must not raise."""

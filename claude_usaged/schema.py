@@ -125,6 +125,27 @@ MIGRATIONS: list[str] = [
 
     INSERT OR IGNORE INTO meta(name, value) VALUES ('machine_id', lower(hex(randomblob(16))));
     """,
+    # 3: what a team server (--accept-forwarded) knows of the machines sending to it
+    """
+    CREATE TABLE team_machines (
+        machine_id TEXT PRIMARY KEY,
+        hostname TEXT NOT NULL,
+        version TEXT NOT NULL,
+        first_sync_ms INTEGER NOT NULL,
+        last_sync_ms INTEGER NOT NULL,
+        batches INTEGER NOT NULL
+    );
+
+    -- the first answer to each Idempotency-Key, returned again on a replay
+    CREATE TABLE team_receipts (
+        idempotency_key TEXT PRIMARY KEY,
+        body_sha256 TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        answer TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX team_receipts_at ON team_receipts(at_ms);
+    """,
 ]
 
 RESPONSE_INDEXES: dict[str, str] = {

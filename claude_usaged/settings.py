@@ -65,6 +65,14 @@ class Settings(BaseModel):
     forward_timeout: float = Field(
         default=30.0, gt=0, description="Seconds one forwarding request may take"
     )
+    accept_forwarded: bool = Field(
+        default=False,
+        description="Be a team server: take usage forwarded by other daemons (POST /v1/ingest)",
+    )
+    ingest_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token senders must present; required beyond loopback (never shown)",
+    )
 
     @field_validator("forward_url")
     @classmethod
@@ -108,6 +116,8 @@ SOURCES: dict[str, tuple[str, str]] = {
     "forward_url": ("--forward-url", "CLAUDE_USAGED_FORWARD_URL"),
     "forward_token": ("--forward-token", "CLAUDE_USAGED_FORWARD_TOKEN"),
     "forward_timeout": ("--forward-timeout", "CLAUDE_USAGED_FORWARD_TIMEOUT"),
+    "accept_forwarded": ("--accept-forwarded", "CLAUDE_USAGED_ACCEPT_FORWARDED"),
+    "ingest_token": ("--ingest-token", "CLAUDE_USAGED_INGEST_TOKEN"),
 }
 
 COMPAT_FORWARD = ("CLAUDE_USAGE_API_URL", "CLAUDE_USAGE_API_TOKEN")
@@ -214,7 +224,7 @@ def _from_file(cfg: ConfigFile) -> dict[str, tuple[Any, str]]:
     values: dict[str, tuple[Any, str]] = {}
     for name, value in data.items():
         if isinstance(value, bool):
-            _refuse_boolean(name, value, source)
+            _check_boolean(name, value, source)
         if name in PATH_FIELDS:
             if isinstance(value, list):
                 value = [_file_path(v, base) for v in value]
@@ -224,9 +234,12 @@ def _from_file(cfg: ConfigFile) -> dict[str, tuple[Any, str]]:
     return values
 
 
-def _refuse_boolean(name: str, value: bool, source: str) -> None:
-    """TOML's true/false is never a setting (pydantic would read it as 1 or 0)."""
+def _check_boolean(name: str, value: bool, source: str) -> None:
+    """TOML's true/false is a setting only where one is a yes or no (pydantic would
+    read it as 1 or 0 for a number)."""
     annotation: Any = Settings.model_fields[name].annotation
+    if annotation is bool:
+        return
     msg = "must not be true or false"
     try:
         TypeAdapter(annotation).validate_python(value, strict=True)

@@ -106,6 +106,10 @@ class ReadModel:
     async def close(self) -> None:
         await self._db.close()
 
+    async def rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Any read-only query on this database (tables other than the aggregates)."""
+        return await self._all(sql, args)
+
     async def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         async with self._db.execute(sql, args) as cur:
             return list(await cur.fetchall())  # type: ignore[arg-type]

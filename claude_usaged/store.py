@@ -28,6 +28,7 @@ import structlog
 
 from claude_usaged import outbox
 from claude_usaged.aggregates import Aggregator
+from claude_usaged.parser import ParseResult
 from claude_usaged.pricing import PriceTable
 from claude_usaged.schema import MIGRATIONS, PRAGMAS, RESPONSE_INDEXES
 from claude_usaged.tailer import Cursor, TailResult
@@ -297,6 +298,10 @@ class Store:
         if changed or lines:
             self.generation += 1
         return ApplyOutcome(changed=changed, lines=lines, skipped=skipped)
+
+    async def apply_records(self, records: Sequence[UsageRecord]) -> ApplyOutcome:
+        """Store records that come from no file (a forwarded batch): no cursor, no lines."""
+        return await self.apply([TailResult("", None, ParseResult(records=list(records)))])
 
     async def _bump_counter(self, name: str, delta: int) -> None:
         if delta:

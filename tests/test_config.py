@@ -97,7 +97,8 @@ def test_config_prints_every_setting_with_its_source(tmp_path: Path) -> None:
     file = write_config(
         tmp_path / "my.toml",
         'claude_dirs = ["transcripts", "~/.claude"]\nreconcile_interval = 5\n'
-        f'forward_url = "https://usage.example.com/in"\nforward_token = "{TOKEN}"\n',
+        f'forward_url = "https://usage.example.com/in"\nforward_token = "{TOKEN}"\n'
+        "accept_forwarded = true\n",
     )
     proc = cli(
         tmp_path,
@@ -108,6 +109,7 @@ def test_config_prints_every_setting_with_its_source(tmp_path: Path) -> None:
         "0.0.0.0",
         CLAUDE_USAGED_TZ="Asia/Kolkata",
         CLAUDE_USAGED_DB="/data/usage.sqlite3",
+        CLAUDE_USAGED_INGEST_TOKEN="team-" + TOKEN,
     )
     home = tmp_path / "home"
     assert (proc.returncode, proc.stderr) == (0, "")
@@ -126,6 +128,8 @@ def test_config_prints_every_setting_with_its_source(tmp_path: Path) -> None:
         ("forward_url", '"https://usage.example.com/in"', f"config file {file}"),
         ("forward_token", '"**********"', f"config file {file}"),
         ("forward_timeout", "30.0", "default"),
+        ("accept_forwarded", "true", f"config file {file}"),
+        ("ingest_token", '"**********"', "environment variable CLAUDE_USAGED_INGEST_TOKEN"),
     ]
     expected = [f"config file: {file} (flag --config; read)"]
     expected += [f"{n:<18}  {v:<{width}}  {s}" for n, v, s in rows]

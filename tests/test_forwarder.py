@@ -113,9 +113,11 @@ def test_the_payload_carries_metadata_only_and_matches_the_schema() -> None:
     from receiver import VALIDATOR
 
     rows = [
-        ("m1:r1", 1_763_629_200_000, "claude-sonnet-4-5", "s1", "/p", 0, 1, 2, 3, 4, 0, 0.5),
-        ("m2:r2", 1_763_629_260_500, "claude-sonnet-4-5", "s2", "/p", 1, 5, 6, 7, 8, 1, None),
-    ]
+        ("m1:r1", 1_763_629_200_000, "claude-sonnet-4-5", "s1", "/p", 0, 1, 2, 3, 4, 0, 0.5,
+         "m1", 1, None, None),
+        ("m2:r2", 1_763_629_260_500, "claude-sonnet-4-5", "s2", "/p", 1, 5, 6, 7, 8, 1, None,
+         "m1", 0, "fast", "us"),
+    ]  # fmt: skip
     agent = {"machine_id": "0" * 32, "hostname": "h", "version": "0.1.0"}
     body = json.loads(build_body(agent, "5f0c8e54-8e49-4f43-a4a4-1a2b3c4d5e6f", 0, rows))
     assert not list(VALIDATOR.iter_errors(body))
@@ -130,6 +132,11 @@ def test_the_payload_carries_metadata_only_and_matches_the_schema() -> None:
     assert [s["session_id"] for s in body["sessions"]] == ["s1", "s2"]
     assert body["snapshots"][1]["is_sidechain"] is True
     assert body["snapshots"][1]["cost_usd"] is None
+    # what a receiver needs to apply the replay rule and price 1-hour cache writes
+    assert [
+        (s["message_id"], s["cache_creation_1h_tokens"], s["speed"], s["inference_geo"])
+        for s in body["snapshots"]
+    ] == [("m1", 1, None, None), ("m1", 0, "fast", "us")]
 
 
 # -- the outbox in the store -----------------------------------------------------------

@@ -1,0 +1,119 @@
+"""A forwarded batch (payload version 1) as a team server reads it.
+
+The body is decoded into typed structs that name only what is counted, so a
+sender cannot make the receiver keep anything else; unknown fields are
+ignored (a newer sender may add some). A body that is not JSON is a
+`BadPayload` with status 400; one that is JSON but breaks the schema (a
+negative count, a bad machine id, a time without zone) is 422, and the reason
+names the field, e.g. `Expected int >= 0, got -1 - at $.snapshots[3].input_tokens`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from claude_usaged.parser import parse_timestamp_ms
+from claude_usaged.usage import UsageRecord
+
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Text = Annotated[str, msgspec.Meta(max_length=4096)]
+MachineId = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$")]
+
+
+class BadPayload(ValueError):
+    """The body cannot be taken; `status` is 400 (not JSON) or 422 (breaks the schema)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Agent(msgspec.Struct, frozen=True):
+    machine_id: MachineId
+    hostname: Annotated[str, msgspec.Meta(max_length=255)]
+    version: Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    key: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    timestamp: Text
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    session_id: Text
+    project: Text
+    is_sidechain: bool
+    input_tokens: Count
+    output_tokens: Count
+    cache_creation_tokens: Count
+    cache_read_tokens: Count
+    web_search_requests: Count
+    cost_usd: float | None
+    message_id: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] | None = None
+    cache_creation_1h_tokens: Count = 0
+    speed: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    inference_geo: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class Payload(msgspec.Struct, frozen=True):
+    schema: Literal[1]
+    agent: Agent
+    batch_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    sent_at: Text
+    snapshots: list[Snapshot]
+
+
+_decoder = msgspec.json.Decoder(Payload)
+
+
+def decode(body: bytes) -> Payload:
+    """The batch in `body`; raises BadPayload (400 or 422) with the reason."""
+    try:
+        payload = _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadPayload(422, str(exc)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise BadPayload(400, f"body is not JSON: {exc}") from None
+    for i, snap in enumerate(payload.snapshots):
+        try:
+            parse_timestamp_ms(snap.timestamp)
+        except ValueError:
+            raise BadPayload(
+                422,
+                f"Expected an ISO-8601 time with zone, got {snap.timestamp!r} "
+                f"- at `$.snapshots[{i}].timestamp`",
+            ) from None
+    return payload
+
+
+def records(payload: Payload, prefix: str = "") -> list[UsageRecord]:
+    """The snapshots as records; `prefix` keeps keys of different machines apart.
+
+    The cost is left to the receiver's price table (set when stored), so one
+    team server prices everyone's usage the same way and reprices it when its
+    table changes.
+    """
+    out = []
+    for s in payload.snapshots:
+        message_id = s.message_id or s.key
+        out.append(
+            UsageRecord(
+                key=prefix + s.key,
+                message_id=prefix + message_id,
+                ts_ms=parse_timestamp_ms(s.timestamp),
+                model=s.model,
+                session_id=s.session_id,
+                project=s.project,
+                is_sidechain=s.is_sidechain,
+                input_tokens=s.input_tokens,
+                output_tokens=s.output_tokens,
+                cache_creation_tokens=s.cache_creation_tokens,
+                cache_creation_1h_tokens=min(s.cache_creation_1h_tokens, s.cache_creation_tokens),
+                cache_read_tokens=s.cache_read_tokens,
+                web_search_requests=s.web_search_requests,
+                speed=s.speed,
+                inference_geo=s.inference_geo,
+            )
+        )
+    return out
