@@ -464,7 +464,7 @@ class Store:
         db = self._db
         async with db.execute(
             "SELECT key, message_id, ts, model, session_id, project, is_sidechain, input, "
-            "output, cache_creation, cache_creation_1h, cache_read, web_search, speed, geo "
+            "output, cache_creation, cache_creation_1h, cache_read, web_search, speed, geo, cost "
             "FROM responses"
         ) as cur:
             rows = list(await cur.fetchall())
@@ -473,10 +473,15 @@ class Store:
             fields: list[Any] = list(row)
             fields[6] = bool(fields[6])
             rec = UsageRecord(*fields)
-            updates.append((self.prices.cost(rec), rec.key))
+            cost = self.prices.cost(rec)
+            if cost != fields[-1]:
+                updates.append((cost, rec.key))
         await db.execute("BEGIN IMMEDIATE")
         try:
             await db.executemany("UPDATE responses SET cost = ? WHERE key = ?", updates)
+            if await self._meta("forward_target") is not None:
+                # a receiver that keeps the sender's cost_usd gets the new one
+                await outbox.enqueue(db, [key for _cost, key in updates])
             await self._rebuild_all()
             await self._set_meta("prices", self.prices.fingerprint)
             await self._set_meta("dirty", "0")

@@ -101,7 +101,7 @@ class Receiver:
         for snap in data["snapshots"]:
             ident = (machine, snap["key"])
             old = self.snapshots.get(ident)
-            if old is None or total(snap) > total(old):
+            if old is None or total(snap) >= total(old):  # a tie: the later (a new cost)
                 self.snapshots[ident] = snap
         self.accepted_batches.append(data["batch_id"])
 

@@ -405,6 +405,29 @@ async def test_history_is_queued_once_when_forwarding_is_turned_on(
         assert len(machines) == 1
 
 
+async def test_a_price_change_forwards_the_new_costs(tmp_path: Path, claude_root: Path) -> None:
+    """A receiver that keeps the sender's cost_usd gets the repriced ones after a restart."""
+    history(claude_root, 6)
+    db = tmp_path / "usage.sqlite3"
+    prices = tmp_path / "prices.json"
+
+    def price_file(output_per_mtok: float) -> Path:
+        row = {"input": 0, "output": output_per_mtok, "cache_write_5m": 0, "cache_write_1h": 0}
+        model = {"ids": ["claude-sonnet-4-5"], "rows": [{**row, "cache_read": 0}]}
+        prices.write_text(json.dumps({"models": [model]}))
+        return prices
+
+    async with serve_receiver() as rec:
+        async with daemon_on(claude_root, db, forward_url=rec.url, prices=price_file(1e6)) as rd:
+            await rd.wait_for(lambda s: s["forwarding"]["pending"] == 0)
+        # output tokens are 10 + i for response i: $1 a token, then $2
+        assert sorted(v[-1] for v in rec.totals().values()) == [10, 11, 12, 13, 14, 15]
+        async with daemon_on(claude_root, db, forward_url=rec.url, prices=price_file(2e6)) as rd:
+            await rd.wait_for(lambda s: s["forwarding"]["pending"] == 0)
+        assert sorted(v[-1] for v in rec.totals().values()) == [20, 22, 24, 26, 28, 30]
+        assert rec.totals() == sender_totals(db)
+
+
 # -- SIGKILL of a sending daemon process ---------------------------------------------------
 
 

@@ -360,3 +360,57 @@ async def test_a_401_from_the_team_server_names_the_token_settings(tmp_path: Pat
         assert (await server.get("/stats"))["total_tokens"] == 0
         async with aiohttp.ClientSession() as http, http.get(server.url + "/machines") as resp:
             assert (await resp.json())["machines"] == []
+
+
+def test_two_daemon_processes_forwarding_and_receiving_agree(tmp_path: Path) -> None:
+    """`claude-usaged run` twice: a sender with --forward-url, a --accept-forwarded server."""
+    import signal
+    import subprocess
+
+    from test_process import Proc, clean_env, command, poll
+
+    def spawn(name: str, *args: str, **env: str) -> Proc:
+        root, db = tmp_path / name / "claude", tmp_path / name / "usage.sqlite3"
+        (root / "projects").mkdir(parents=True, exist_ok=True)
+        popen = subprocess.Popen(
+            command(db, *args),
+            env=clean_env(root, tmp_path / "home", **env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(popen)
+        addr = db.with_name(db.name + ".addr")
+        poll(lambda: popen.poll() is None and addr.exists(), 15, f"{name} to listen")
+        return Proc(popen, json.loads(addr.read_text())["url"], db)
+
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        expected = history(tmp_path / "laptop" / "claude" / "projects")
+        server = spawn("server", "--accept-forwarded", CLAUDE_USAGED_INGEST_TOKEN=TOKEN)
+        sender = spawn(
+            "laptop",
+            "--forward-url",
+            server.url + "/v1/ingest",
+            CLAUDE_USAGED_FORWARD_TOKEN=TOKEN,
+        )
+        sender.wait_stats(
+            lambda s: s["forwarding"]["pending"] == 0 and s["total_tokens"] == expected
+            and s["forwarding"]["last_success_at"] is not None
+        )  # fmt: skip
+        machine = sender.get("/health")["machine_id"]
+        for path in ("/daily?tz=UTC", "/blocks"):
+            assert server.get(path) == sender.get(path), path
+            sep = "&" if "?" in path else "?"
+            assert server.get(f"{path}{sep}machine={machine}") == sender.get(path), path
+        assert [m["total_tokens"] for m in server.get("/machines")["machines"]] == [expected]
+        for proc in (sender, server):
+            status, stderr = proc.stop(signal.SIGTERM)
+            assert status == 0, stderr
+            assert TOKEN not in stderr
+    finally:
+        for popen in procs:
+            if popen.poll() is None:
+                popen.kill()
+                popen.communicate()
