@@ -281,7 +281,15 @@ async def ingest_forwarded(request: web.Request) -> web.Response:
 async def machines(request: web.Request) -> web.Response:
     """`GET /machines` (team server): every machine that forwarded, with its totals."""
     ctx = request.app[CONTEXT]
-    assert ctx.team is not None
+    if ctx.team is None:
+        return _json(
+            {
+                "error": "this daemon is not a team server: start it with --accept-forwarded "
+                "to receive usage from other machines",
+                "path": request.path,
+            },
+            status=404,
+        )
     return _json({"machines": await ctx.team.machines_json(_now_ms())})
 
 
@@ -301,5 +309,5 @@ def make_app(ctx: ApiContext) -> web.Application:
     if ctx.team is not None:
         app.router.add_post("/v1/ingest", ingest_forwarded)
         app.router.add_post("/app/claude-usage/agent-sync/", ingest_forwarded)
-        app.router.add_get("/machines", machines)
+    app.router.add_get("/machines", machines)
     return app

@@ -26,7 +26,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_STARTUP = 3
 EXIT_NO_DAEMON = 4
-CLIENT_COMMANDS = ("stats", "blocks", "daily", "sessions", "projects")
+CLIENT_COMMANDS = ("stats", "blocks", "daily", "sessions", "projects", "machines")
 
 
 def _settings_help(name: str) -> str:
@@ -104,6 +104,12 @@ def _add_client_arguments(cmd: argparse.ArgumentParser, *, dates: str = "") -> N
     )
     cmd.add_argument("--json", action="store_true", help="print the API's JSON as it is")
     cmd.add_argument("--tz", metavar="ZONE", help="IANA zone for times and days")
+    if dates != "machines":
+        cmd.add_argument(
+            "--machine",
+            metavar="ID",
+            help="on a team server: one machine's usage (an id from `machines`), or `all`",
+        )
     if dates == "blocks":
         cmd.add_argument(
             "--since",
@@ -174,6 +180,10 @@ def build_parser(settings_help: bool = True) -> argparse.ArgumentParser:
     )
     projects = sub.add_parser("projects", help="usage and cost per project")
     _add_client_arguments(projects)
+    machines = sub.add_parser(
+        "machines", help="on a team server: the machines that forward to it, with their totals"
+    )
+    _add_client_arguments(machines, dates="machines")
     sub.add_parser(
         "statusline",
         help="one line for Claude Code's status bar (reads its JSON on stdin)",
@@ -247,6 +257,7 @@ def _client_path(args: argparse.Namespace) -> str:
         "until": getattr(args, "until", None),
         "limit": getattr(args, "limit", None),
         "project": getattr(args, "project", None),
+        "machine": getattr(args, "machine", None),
         # the zone days are counted in (today's row of `stats`); other commands only show times
         "tz": args.tz if args.command in ("daily", "stats") else None,
     }

@@ -306,3 +306,24 @@ def render_stats(data: Mapping[str, Any], console: Console, tz: tzinfo | None) -
     state = "caught up" if ingest.get("caught_up") else "catching up"
     table.add_row("Transcripts", f"{count(ingest.get('files', 0))} files, {state}")
     console.print(table)
+
+
+def render_machines(data: Mapping[str, Any], console: Console, tz: tzinfo | None) -> None:
+    rows = data["machines"]
+    if not rows:
+        console.print("No machine has forwarded usage yet.")
+        return
+
+    def columns(compact: bool) -> list[_Col]:
+        fmt = compact_count if compact else count
+        return [
+            _Col("Machine", [row["machine_id"] for row in rows], flex=True),
+            _Col("Host", [row["hostname"] for row in rows], flex=True),
+            _Col("Responses", [fmt(row["responses"]) for row in rows], "right"),
+            _Col("Total Tokens", [fmt(row["total_tokens"]) for row in rows], "right"),
+            _Col("Cost (USD)", [cost(row["total_cost_usd"]) for row in rows], "right"),
+            _Col("Window", [fmt(row["current_window_tokens"]) for row in rows], "right"),
+            _Col("Last Sync", [local_time(row["last_sync_at"], tz) for row in rows]),
+        ]
+
+    _print_table(console, "Machines forwarding to this team server", columns, ("Window",))

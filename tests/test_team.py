@@ -414,3 +414,25 @@ def test_two_daemon_processes_forwarding_and_receiving_agree(tmp_path: Path) -> 
             if popen.poll() is None:
                 popen.kill()
                 popen.communicate()
+
+
+async def test_client_commands_take_machine_and_list_machines(
+    team: RunningDaemon, running: RunningDaemon
+) -> None:
+    from test_client import cli, raw
+
+    other = {"machine_id": OTHER, "hostname": "desktop-with-a-long-name", "version": "0.1.0"}
+    await post(team, body([snap("m1:r1", T0, 1_234_000, 5)]), key="a")
+    await post(team, body([snap("m1:r1", T0, 7, 0)], agent=other), key="b")
+    proc = await cli("daily", "--json", "--machine", OTHER, "--db", str(team.db))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout == await raw(team, f"/daily?machine={OTHER}") + "\n"
+    assert json.loads(proc.stdout)["totals"]["total_tokens"] == 7
+    proc = await cli("machines", "--db", str(team.db), COLUMNS="160")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(MACHINE in line and "laptop" in line and "1,234,005" in line for line in lines)
+    assert any(OTHER in line and "desktop-with-a-long-name" in line for line in lines)
+    proc = await cli("machines", "--db", str(running.db))
+    assert proc.returncode == 2
+    assert "not a team server" in proc.stderr and "--accept-forwarded" in proc.stderr
