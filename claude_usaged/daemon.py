@@ -140,7 +140,14 @@ def forwarder_for(settings: Settings, store: Store) -> Forwarder | None:
     if not settings.forward_url:
         return None
     token = settings.forward_token.get_secret_value() if settings.forward_token else None
-    return Forwarder(store, settings.forward_url, token, timeout=settings.forward_timeout)
+    return Forwarder(
+        store,
+        settings.forward_url,
+        token,
+        timeout=settings.forward_timeout,
+        token_hint=settings.where_to_set("forward_token"),
+        url_hint=settings.where_to_set("forward_url"),
+    )
 
 
 def _loopback_of(host: str) -> str:

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     TypeAdapter,
     ValidationError,
@@ -97,9 +98,24 @@ class Settings(BaseModel):
             raise ValueError(f"no such file: {value}")
         return value
 
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.tz)
+
+    def where_to_set(self, name: str) -> str:
+        """Where a user changes this setting's value: the source it came from, else
+        our environment variable (e.g. for a 401: the token the daemon really used)."""
+        source = self._sources.get(name, "default")
+        flag, var = SOURCES[name]
+        if source.startswith("environment variable "):
+            return source.removeprefix("environment variable ")
+        if source.startswith("flag "):
+            return flag
+        if source.startswith("config file "):
+            return f"{name} in {source.removeprefix('config file ')}"
+        return var
 
 
 # field -> (flag, environment variable)
@@ -285,6 +301,7 @@ def resolve_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = N
         }
     )
     sources = {name: chosen.get(name, (None, "default"))[1] for name in SOURCES}
+    settings._sources.update(sources)
     return Resolved(settings, sources, cfg)
 
 

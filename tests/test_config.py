@@ -319,3 +319,21 @@ def test_every_setting_is_documented_in_the_readme_table() -> None:
     for name, (flag, var) in SOURCES.items():
         assert f"`{flag}" in rows[name], name
         assert f"`{var}`" in rows[name], name
+
+
+def test_a_rejected_token_names_the_setting_it_came_from(tmp_path: Path) -> None:
+    """The hint of a 401 names the variable, flag or file line that set the token."""
+    from claude_usaged.settings import load_settings
+
+    file = write_config(tmp_path / "c.toml", f'forward_token = "{TOKEN}"\n')
+    guide = {"CLAUDE_USAGE_API_URL": "https://x.example", "CLAUDE_USAGE_API_TOKEN": TOKEN}
+    cases = [
+        ({}, guide, "CLAUDE_USAGE_API_TOKEN"),
+        ({}, {"CLAUDE_USAGED_FORWARD_TOKEN": TOKEN}, "CLAUDE_USAGED_FORWARD_TOKEN"),
+        ({"forward_token": TOKEN}, guide, "--forward-token"),
+        ({"config": str(file)}, {}, f"forward_token in {file}"),
+        ({}, {}, "CLAUDE_USAGED_FORWARD_TOKEN"),  # none set: where to set one
+    ]
+    for flags, env, hint in cases:
+        assert load_settings(flags, env).where_to_set("forward_token") == hint, (flags, env)
+    assert load_settings({}, guide).where_to_set("forward_url") == "CLAUDE_USAGE_API_URL"

@@ -356,7 +356,8 @@ async def test_a_401_from_the_team_server_names_the_token_settings(tmp_path: Pat
         forward_url=server.url + "/v1/ingest", forward_token="not-the-token",
     ) as sender:  # fmt: skip
         state = await sender.wait_for(lambda s: s["forwarding"]["state"] == "failing")
-        assert state["forwarding"]["last_error"].startswith("401 Unauthorized — check ")
+        # the flag the token came from (daemon_on passes settings as flags)
+        assert state["forwarding"]["last_error"] == "401 Unauthorized — check --forward-token"
         assert (await server.get("/stats"))["total_tokens"] == 0
         async with aiohttp.ClientSession() as http, http.get(server.url + "/machines") as resp:
             assert (await resp.json())["machines"] == []
