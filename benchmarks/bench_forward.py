@@ -6,6 +6,9 @@ Prints:
 - cold catch-up of the history with forwarding off and on (the outbox's cost);
 - the drain: responses/s and batches/s from the outbox to a receiver in
   another process on loopback (it parses every body and upserts by key);
+- the same drain into a real team server (`claude-usaged run
+  --accept-forwarded` in another process: validation, two SQLite stores with
+  their aggregates, receipts), and that its totals equal the sender's;
 - ingest while draining: new responses applied per second (read, parse,
   store, aggregates, outbox) with and without the drain running beside it.
 """
@@ -16,10 +19,12 @@ import argparse
 import asyncio
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -126,6 +131,34 @@ def start_receiver() -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{port}/ingest"
 
 
+def start_team_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`claude-usaged run --accept-forwarded` on an empty root; its /v1/ingest URL."""
+    db = work / "team" / "usage.sqlite3"
+    (work / "team-root").mkdir(parents=True)
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "claude_usaged", "run", "--accept-forwarded", "--port", "0"),
+            *("--db", str(db), "--claude-dir", str(work / "team-root"), "--log-level", "warning"),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    addr = db.with_name(db.name + ".addr")
+    deadline = time.monotonic() + 20
+    while not addr.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("the team server did not start")
+        time.sleep(0.05)
+    return proc, json.loads(addr.read_text())["url"] + "/v1/ingest"
+
+
+def _get_json(url: str) -> Any:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
 # -- phases ------------------------------------------------------------------------------
 
 
@@ -142,6 +175,15 @@ async def catch_up(root: Path, db: Path, forward_to: str | None) -> float:
         return seconds
     finally:
         await store.close()
+
+
+def sender_total(db: Path) -> int:
+    with closing(sqlite3.connect(db)) as conn:
+        (total,) = conn.execute(
+            "SELECT sum(input + output + cache_creation + cache_read) FROM responses "
+            "WHERE counted = 1"
+        ).fetchone()
+    return int(total)
 
 
 async def drain(db: Path, url: str) -> tuple[float, int, int]:
@@ -201,10 +243,28 @@ async def run(args: argparse.Namespace) -> None:
             )
             shutil.copy(work / "on.sqlite3", work / "live-base.sqlite3")
             shutil.copy(work / "on.sqlite3", work / "live-drain.sqlite3")
+            shutil.copy(work / "on.sqlite3", work / "to-team.sqlite3")
             seconds, sent, batches = await drain(work / "on.sqlite3", url)
             print(
                 f"drain: {sent} responses in {batches} batches, {seconds:.2f} s: "
                 f"{sent / seconds:,.0f} responses/s, {batches / seconds:.1f} batches/s"
+            )
+            team, team_url = start_team_server(work)
+            try:
+                seconds, sent, batches = await drain(work / "to-team.sqlite3", team_url)
+                base = team_url.removesuffix("/v1/ingest")
+                stored = _get_json(base + "/stats")
+                machines = _get_json(base + "/machines")["machines"]
+            finally:
+                team.terminate()
+                team.wait()
+            expected = sender_total(work / "to-team.sqlite3")
+            print(
+                f"drain into a team server: {sent} responses in {batches} batches, "
+                f"{seconds:.2f} s: {sent / seconds:,.0f} responses/s; its total "
+                f"{stored['total_tokens']:,} tokens "
+                f"({'equal to' if stored['total_tokens'] == expected else 'NOT equal to'} "
+                f"the sender's), {machines[0]['responses']:,} responses"
             )
             base = await live_ingest(work / "live-base.sqlite3", url, live, draining=False)
             busy = await live_ingest(work / "live-drain.sqlite3", url, live, draining=True)

@@ -144,8 +144,11 @@ class Team:
             payload = received.decode(body)
             machine = payload.agent.machine_id
             member = await self._member(machine)
-            changed = await member.apply(received.records(payload))
-            await self.all.apply(received.records(payload, prefix=f"{machine}/"))
+            # two databases, two writer threads: both are written at the same time
+            changed, _ = await asyncio.gather(
+                member.apply(received.records(payload)),
+                self.all.apply(received.records(payload, prefix=f"{machine}/")),
+            )
             answer = {
                 "status": "ok",
                 "machine_id": machine,

@@ -304,9 +304,8 @@ async def test_401_is_shown_logged_once_retried_slowly_and_recovers(
             health = await rd.get("/health")
             forwarding = health["forwarding"]
             assert forwarding["state"] == "failing"
-            assert forwarding["last_error"] == (
-                "401 Unauthorized — check CLAUDE_USAGED_FORWARD_TOKEN"
-            )
+            # daemon_on passes the token as a flag: the hint names the flag
+            assert forwarding["last_error"] == "401 Unauthorized — check --forward-token"
             assert forwarding["pending"] == 3
             failed = [e for e in logs if e["event"] == "forward.failed"]
             assert len(failed) == 1 and failed[0]["log_level"] == "error"

@@ -265,7 +265,7 @@ def test_an_unknown_option_shows_the_usage_of_its_command(
     assert exc.value.code == 2
     assert capsys.readouterr().err == (
         "usage: claude-usaged stats [-h] [--url URL | --offline] [--db PATH]\n"
-        "                           [--config FILE] [--json] [--tz ZONE]\n"
+        "                           [--config FILE] [--json] [--tz ZONE] [--machine ID]\n"
         "claude-usaged stats: error: unrecognized arguments: --bogus\n"
     )
 

@@ -90,7 +90,8 @@ async def test_sync_once_reports_a_rejection_and_exits_non_zero_until_it_works(
         done = await sync(claude_root, db, "--forward-url", rec.url, "--forward-token", token)
         assert done.code == 1
         assert done.out == ""
-        assert "✗ Sync failed: 401 Unauthorized — check CLAUDE_USAGED_FORWARD_TOKEN" in done.err
+        # the token came from the flag: the hint names the flag
+        assert "✗ Sync failed: 401 Unauthorized — check --forward-token " in done.err
         assert "3 responses still pending" in done.err
         assert token not in done.err + done.out
         assert pending(db) == 3

@@ -20,6 +20,7 @@ from claude_usaged.forwarder import build_body
 from claude_usaged.team import team_dir
 
 TOKEN = "team-secret-token"
+SECRET = "CONTENT-7d2e-never-stored-on-a-team-server"
 MACHINE = "0123456789abcdef0123456789abcdef"
 OTHER = "fedcba9876543210fedcba9876543210"
 AGENT = {"machine_id": MACHINE, "hostname": "laptop", "version": "0.1.0"}
@@ -307,9 +308,12 @@ async def test_two_daemons_forwarding_and_receiving_agree(tmp_path: Path) -> Non
             laptop / "projects" / "-home-dev-api" / "s1.jsonl",
             [
                 assistant("m3", "r3", "2025-11-24T15:30:00.000Z", input_tokens=7, output_tokens=93),
-                assistant("m5", "r5", "2025-11-25T02:00:00.000Z", input_tokens=1, output_tokens=1),
+                assistant(
+                "m5", "r5", "2025-11-25T02:00:00.000Z", input_tokens=1, output_tokens=1,
+                text=SECRET,
+            ),
             ],
-        )
+        )  # fmt: skip
         await sender.refresh()
         await sender.wait_for(lambda s: s["total_tokens"] == expected + 90 + 2)
         await wait_delivered(sender)
@@ -318,6 +322,11 @@ async def test_two_daemons_forwarding_and_receiving_agree(tmp_path: Path) -> Non
         assert [(m["machine_id"], m["responses"], m["total_tokens"]) for m in machines] == [
             (machine, 5, expected + 92)
         ]
+    # message content reaches neither database (nor their WAL files)
+    stored = [p for p in tmp_path.rglob("*") if p.is_file() and ".sqlite3" in p.name]
+    assert any("-team" in str(p) for p in stored)
+    for path in stored:
+        assert SECRET.encode() not in path.read_bytes(), path
 
 
 async def assert_same_answers(sender: RunningDaemon, server: RunningDaemon, machine: str) -> None:
