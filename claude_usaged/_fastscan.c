@@ -48,6 +48,11 @@
 #endif
 
 #define MAX_DEPTH 64
+/*
+ * Below this size the GIL is kept: a small scan takes microseconds, while
+ * getting the GIL back from a busy thread can take a switch interval (5 ms).
+ */
+#define RELEASE_GIL_BYTES (256 * 1024)
 #define MAX_COUNT_DIGITS 18 /* < 2**63 whatever the digits, and sums of two stay in range */
 
 /* ---- phase 1 (no GIL): what one line holds -------------------------------- */
@@ -640,6 +645,39 @@ bad_line_count(const unsigned char *buf, Py_ssize_t len, Py_ssize_t *lines)
     return bad;
 }
 
+#define USAGE_KEY "\"usage\""
+#define USAGE_KEY_LEN 7
+
+/*
+ * The next `"usage"` at or after p, or NULL. Every byte of the buffer passes
+ * here, so it is vectorised: 16 positions at a time are tested for '"' at 0,
+ * 'u' at 1 and '"' at 6, and only those hits are compared in full.
+ */
+static const unsigned char *
+find_usage(const unsigned char *p, const unsigned char *end)
+{
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"'), u = _mm_set1_epi8('u');
+    while (end - p >= 16 + USAGE_KEY_LEN - 1) {
+        __m128i a = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)p), quote);
+        __m128i b = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + 1)), u);
+        __m128i c = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + 6)), quote);
+        unsigned mask = (unsigned)_mm_movemask_epi8(_mm_and_si128(_mm_and_si128(a, b), c));
+        while (mask) {
+            const unsigned char *hit = p + __builtin_ctz(mask);
+            if (memcmp(hit, USAGE_KEY, USAGE_KEY_LEN) == 0)
+                return hit;
+            mask &= mask - 1;
+        }
+        p += 16;
+    }
+#endif
+    for (; end - p >= USAGE_KEY_LEN; p++)
+        if (*p == '"' && memcmp(p, USAGE_KEY, USAGE_KEY_LEN) == 0)
+            return p;
+    return NULL;
+}
+
 typedef struct {
     Line *items;
     Py_ssize_t n, cap;
@@ -650,12 +688,10 @@ typedef struct {
 static void
 scan_buffer(const unsigned char *buf, Py_ssize_t len, Py_ssize_t max_line, Scan *s)
 {
-    static const char needle[] = "\"usage\"";
-    const size_t nlen = sizeof(needle) - 1;
     const unsigned char *end = buf + len, *pos = buf;
     s->bad = bad_line_count(buf, len, &s->lines);
     while (pos < end) {
-        const unsigned char *hit = memmem(pos, (size_t)(end - pos), needle, nlen);
+        const unsigned char *hit = find_usage(pos, end);
         if (hit == NULL)
             break;
         const unsigned char *sol = memrchr(buf, '\n', (size_t)(hit - buf));
@@ -902,9 +938,13 @@ fastscan_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t len = PyBytes_GET_SIZE(buf_obj);
 
     Scan s = {0};
-    Py_BEGIN_ALLOW_THREADS
-    scan_buffer(buf, len, max_line, &s);
-    Py_END_ALLOW_THREADS
+    if (len >= RELEASE_GIL_BYTES) {
+        Py_BEGIN_ALLOW_THREADS
+        scan_buffer(buf, len, max_line, &s);
+        Py_END_ALLOW_THREADS
+    } else {
+        scan_buffer(buf, len, max_line, &s);
+    }
     if (s.oom) {
         PyMem_RawFree(s.items);
         return PyErr_NoMemory();
