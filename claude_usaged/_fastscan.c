@@ -46,6 +46,12 @@
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
+#if defined(__GNUC__) && defined(__x86_64__)
+/* AVX2 versions of the two byte-search loops, picked at import when the CPU has it */
+#include <immintrin.h>
+#define AVX2_DISPATCH 1
+static int use_avx2;
+#endif
 
 #define MAX_DEPTH 64
 /*
@@ -103,7 +109,7 @@ span_is(Span s, const char *lit, Py_ssize_t n)
 
 /* The next byte that is '"', '\\', < 0x20 or >= 0x80 (or end). */
 static inline const unsigned char *
-next_special(const unsigned char *p, const unsigned char *end)
+next_special_sse2(const unsigned char *p, const unsigned char *end)
 {
 #ifdef __SSE2__
     const __m128i quote = _mm_set1_epi8('"');
@@ -124,6 +130,37 @@ next_special(const unsigned char *p, const unsigned char *end)
     while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
         p++;
     return p;
+}
+
+#ifdef AVX2_DISPATCH
+__attribute__((target("avx2"))) static const unsigned char *
+next_special_avx2(const unsigned char *p, const unsigned char *end)
+{
+    const __m256i quote = _mm256_set1_epi8('"');
+    const __m256i bslash = _mm256_set1_epi8('\\');
+    const __m256i space = _mm256_set1_epi8(0x20);
+    while (end - p >= 32) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)p);
+        __m256i hit = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(v, quote),
+                                                      _mm256_cmpeq_epi8(v, bslash)),
+                                      _mm256_cmpgt_epi8(space, v)); /* signed, as above */
+        unsigned mask = (unsigned)_mm256_movemask_epi8(hit);
+        if (mask)
+            return p + __builtin_ctz(mask);
+        p += 32;
+    }
+    return next_special_sse2(p, end);
+}
+#endif
+
+static inline const unsigned char *
+next_special(const unsigned char *p, const unsigned char *end)
+{
+#ifdef AVX2_DISPATCH
+    if (use_avx2)
+        return next_special_avx2(p, end);
+#endif
+    return next_special_sse2(p, end);
 }
 
 /* Length of the strict UTF-8 sequence at p (Unicode table 3-7), 0 if invalid. */
@@ -573,29 +610,37 @@ fast_timestamp(Span s, int64_t *out)
 
 /* ---- one line: parse, then decide as record_from_line would ---------------- */
 
-static void
-classify(const unsigned char *buf, Line *line)
+/*
+ * Parse the line starting at `p` (bounded by the buffer end, not the line's:
+ * the grammar never crosses a '\n', which is neither JSON whitespace nor
+ * allowed raw in a string) and decide as record_from_line would. Returns the
+ * line's end (its '\n' or the buffer end) when the JSON was well formed,
+ * NULL when it was not (the outcome is then OUT_DECLINE).
+ */
+static const unsigned char *
+classify(const unsigned char *p, const unsigned char *bound, Line *line)
 {
-    Cursor c = {buf + line->start, buf + line->end, 0};
+    Cursor c = {p, bound, 0};
     line->outcome = OUT_DECLINE;
     skip_ws(&c);
     if (c.p >= c.end || *c.p != '{' || !walk_object(&c, line_member, line))
-        return;
+        return NULL;
     skip_ws(&c);
-    if (c.p != c.end)
-        return; /* trailing bytes */
+    if (c.p != c.end && *c.p != '\n')
+        return NULL; /* trailing bytes */
     if (line->type.esc || line->model.esc || line->timestamp.esc)
-        return; /* compared below as raw bytes: decline rather than decode */
+        return c.p; /* compared below as raw bytes: decline rather than decode */
     if (!SPAN_IS(line->type, "assistant") || !line->has_message || !line->has_usage ||
         SPAN_IS(line->model, "<synthetic>")) {
         line->outcome = OUT_NONE;
-        return;
+        return c.p;
     }
     if (line->timestamp.p == NULL || !fast_timestamp(line->timestamp, &line->ts_ms))
-        return; /* missing or unusual: Python decides */
+        return c.p; /* missing or unusual: Python decides */
     if (line->msg_id.p == NULL || line->msg_id.n == 0)
-        return; /* keyed by a hash of the line: Python does it */
+        return c.p; /* keyed by a hash of the line: Python does it */
     line->outcome = OUT_RECORD;
+    return c.p;
 }
 
 /* ---- the buffer: lines, malformed lines, lines with "usage" ----------------- */
@@ -608,29 +653,17 @@ is_py_space(unsigned char ch)
 }
 
 /*
- * parser._bad_line_count, both of its steps: the regex check that proves a
- * buffer clean, then (only when it fails) the count over buf.split(b"\n").
+ * The slow half of parser._bad_line_count: lines of buf.split(b"\n") that,
+ * stripped, are neither empty nor `{...}`. Run only when the fast half (the
+ * regex, done in scan_buffer) did not prove the buffer clean.
  */
 static Py_ssize_t
-bad_line_count(const unsigned char *buf, Py_ssize_t len, Py_ssize_t *lines)
+count_bad_lines(const unsigned char *buf, Py_ssize_t len)
 {
-    const unsigned char *end = buf + len, *p = buf, *nl;
-    Py_ssize_t count = 0, bad = 0;
-    int edge = 0; /* a \n not preceded by } or space, or followed by neither { nor space */
-    while ((nl = memchr(p, '\n', (size_t)(end - p))) != NULL) {
-        count++;
-        if (nl == buf || !(nl[-1] == '}' || is_py_space(nl[-1])))
-            edge = 1;
-        else if (nl + 1 < end && !(nl[1] == '{' || is_py_space(nl[1])))
-            edge = 1;
-        p = nl + 1;
-    }
-    *lines = count;
-    if (!edge && (len == 0 || buf[0] == '{' || is_py_space(buf[0])))
-        return 0;
-    p = buf;
+    const unsigned char *end = buf + len, *p = buf;
+    Py_ssize_t bad = 0;
     for (;;) {
-        nl = memchr(p, '\n', (size_t)(end - p));
+        const unsigned char *nl = memchr(p, '\n', (size_t)(end - p));
         const unsigned char *a = p, *b = nl ? nl : end;
         while (a < b && is_py_space(*a))
             a++;
@@ -639,43 +672,85 @@ bad_line_count(const unsigned char *buf, Py_ssize_t len, Py_ssize_t *lines)
         if (a < b && !(*a == '{' && b[-1] == '}'))
             bad++;
         if (nl == NULL)
-            break;
+            return bad;
         p = nl + 1;
     }
-    return bad;
 }
 
 #define USAGE_KEY "\"usage\""
 #define USAGE_KEY_LEN 7
 
 /*
- * The next `"usage"` at or after p, or NULL. Every byte of the buffer passes
- * here, so it is vectorised: 16 positions at a time are tested for '"' at 0,
- * 'u' at 1 and '"' at 6, and only those hits are compared in full.
+ * The next '\n' or `"usage"` at or after p (end if none). Every byte of the
+ * buffer passes here once, so it is vectorised: 16 positions at a time are
+ * tested for '\n', and for '"' at 0, 'u' at 1 and '"' at 6 (then compared in
+ * full).
  */
 static const unsigned char *
-find_usage(const unsigned char *p, const unsigned char *end)
+next_event_sse2(const unsigned char *p, const unsigned char *end)
 {
 #ifdef __SSE2__
+    const __m128i newline = _mm_set1_epi8('\n');
     const __m128i quote = _mm_set1_epi8('"'), u = _mm_set1_epi8('u');
     while (end - p >= 16 + USAGE_KEY_LEN - 1) {
-        __m128i a = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)p), quote);
+        __m128i v = _mm_loadu_si128((const __m128i *)p);
+        __m128i a = _mm_cmpeq_epi8(v, quote);
         __m128i b = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + 1)), u);
         __m128i c = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + 6)), quote);
-        unsigned mask = (unsigned)_mm_movemask_epi8(_mm_and_si128(_mm_and_si128(a, b), c));
+        __m128i hit = _mm_or_si128(_mm_cmpeq_epi8(v, newline), _mm_and_si128(_mm_and_si128(a, b), c));
+        unsigned mask = (unsigned)_mm_movemask_epi8(hit);
         while (mask) {
-            const unsigned char *hit = p + __builtin_ctz(mask);
-            if (memcmp(hit, USAGE_KEY, USAGE_KEY_LEN) == 0)
-                return hit;
+            const unsigned char *q = p + __builtin_ctz(mask);
+            if (*q == '\n' || memcmp(q, USAGE_KEY, USAGE_KEY_LEN) == 0)
+                return q;
             mask &= mask - 1;
         }
         p += 16;
     }
 #endif
-    for (; end - p >= USAGE_KEY_LEN; p++)
-        if (*p == '"' && memcmp(p, USAGE_KEY, USAGE_KEY_LEN) == 0)
+    for (; p < end; p++) {
+        if (*p == '\n')
             return p;
-    return NULL;
+        if (*p == '"' && end - p >= USAGE_KEY_LEN && memcmp(p, USAGE_KEY, USAGE_KEY_LEN) == 0)
+            return p;
+    }
+    return end;
+}
+
+#ifdef AVX2_DISPATCH
+__attribute__((target("avx2"))) static const unsigned char *
+next_event_avx2(const unsigned char *p, const unsigned char *end)
+{
+    const __m256i newline = _mm256_set1_epi8('\n');
+    const __m256i quote = _mm256_set1_epi8('"'), u = _mm256_set1_epi8('u');
+    while (end - p >= 32 + USAGE_KEY_LEN - 1) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)p);
+        __m256i a = _mm256_cmpeq_epi8(v, quote);
+        __m256i b = _mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(p + 1)), u);
+        __m256i c = _mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(p + 6)), quote);
+        __m256i hit = _mm256_or_si256(_mm256_cmpeq_epi8(v, newline),
+                                      _mm256_and_si256(_mm256_and_si256(a, b), c));
+        unsigned mask = (unsigned)_mm256_movemask_epi8(hit);
+        while (mask) {
+            const unsigned char *q = p + __builtin_ctz(mask);
+            if (*q == '\n' || memcmp(q, USAGE_KEY, USAGE_KEY_LEN) == 0)
+                return q;
+            mask &= mask - 1;
+        }
+        p += 32;
+    }
+    return next_event_sse2(p, end);
+}
+#endif
+
+static inline const unsigned char *
+next_event(const unsigned char *p, const unsigned char *end)
+{
+#ifdef AVX2_DISPATCH
+    if (use_avx2)
+        return next_event_avx2(p, end);
+#endif
+    return next_event_sse2(p, end);
 }
 
 typedef struct {
@@ -685,41 +760,64 @@ typedef struct {
     int oom;
 } Scan;
 
+/* A line holding "usage" (from sol; the key at key): parse it. Returns its end. */
+static const unsigned char *
+take_line(const unsigned char *buf, const unsigned char *sol, const unsigned char *key,
+          const unsigned char *end, Py_ssize_t max_line, Scan *s)
+{
+    if (s->n == s->cap) {
+        Py_ssize_t cap = s->cap ? s->cap * 2 : 64;
+        Line *grown = PyMem_RawRealloc(s->items, (size_t)cap * sizeof(Line));
+        if (grown == NULL) {
+            s->oom = 1;
+            return end;
+        }
+        s->items = grown;
+        s->cap = cap;
+    }
+    Line *line = &s->items[s->n];
+    memset(line, 0, sizeof(*line));
+    const unsigned char *eol = classify(sol, end, line);
+    if (eol == NULL) { /* malformed: find the end the slow way */
+        eol = memchr(key, '\n', (size_t)(end - key));
+        if (eol == NULL)
+            eol = end;
+    }
+    line->start = sol - buf;
+    line->end = eol - buf;
+    if (line->end - line->start > max_line)
+        s->too_long++; /* as parse_lines: whatever the line holds */
+    else if (line->outcome != OUT_NONE)
+        s->n++;
+    return eol;
+}
+
+/*
+ * One pass: count lines, run the regex half of _bad_line_count on each '\n'
+ * (a '\n' not preceded by '}' or space, or followed by neither '{' nor space)
+ * and parse each line holding "usage", as parse_lines finds them.
+ */
 static void
 scan_buffer(const unsigned char *buf, Py_ssize_t len, Py_ssize_t max_line, Scan *s)
 {
-    const unsigned char *end = buf + len, *pos = buf;
-    s->bad = bad_line_count(buf, len, &s->lines);
-    while (pos < end) {
-        const unsigned char *hit = find_usage(pos, end);
-        if (hit == NULL)
-            break;
-        const unsigned char *sol = memrchr(buf, '\n', (size_t)(hit - buf));
-        const unsigned char *eol = memchr(hit, '\n', (size_t)(end - hit));
-        Py_ssize_t start = sol ? sol - buf + 1 : 0, stop = eol ? eol - buf : len;
-        pos = buf + stop;
-        if (stop - start > max_line) {
-            s->too_long++;
+    const unsigned char *end = buf + len, *p = buf, *sol = buf, *q;
+    int edge = 0;
+    while ((q = next_event(p, end)) < end) {
+        if (*q == '\n') {
+            s->lines++;
+            if (q == buf || !(q[-1] == '}' || is_py_space(q[-1])))
+                edge = 1;
+            else if (q + 1 < end && !(q[1] == '{' || is_py_space(q[1])))
+                edge = 1;
+            sol = p = q + 1;
             continue;
         }
-        if (s->n == s->cap) {
-            Py_ssize_t cap = s->cap ? s->cap * 2 : 64;
-            Line *grown = PyMem_RawRealloc(s->items, (size_t)cap * sizeof(Line));
-            if (grown == NULL) {
-                s->oom = 1;
-                return;
-            }
-            s->items = grown;
-            s->cap = cap;
-        }
-        Line *line = &s->items[s->n];
-        memset(line, 0, sizeof(*line));
-        line->start = start;
-        line->end = stop;
-        classify(buf, line);
-        if (line->outcome != OUT_NONE)
-            s->n++;
+        p = take_line(buf, sol, q, end, max_line, s); /* its '\n' is the next event */
+        if (s->oom)
+            return;
     }
+    if (edge || !(len == 0 || buf[0] == '{' || is_py_space(buf[0])))
+        s->bad = count_bad_lines(buf, len);
 }
 
 /* ---- phase 2 (GIL held): Python objects ------------------------------------ */
@@ -1005,5 +1103,9 @@ static struct PyModuleDef fastscan_module = {
 PyMODINIT_FUNC
 PyInit__fastscan(void)
 {
+#ifdef AVX2_DISPATCH
+    __builtin_cpu_init();
+    use_avx2 = __builtin_cpu_supports("avx2") && getenv("CLAUDE_USAGED_NO_AVX2") == NULL;
+#endif
     return PyModuleDef_Init(&fastscan_module);
 }
