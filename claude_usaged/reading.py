@@ -27,6 +27,9 @@ PARALLEL_BYTES = 48 << 20
 THREAD_PARALLEL_BYTES = 8 << 20
 """The same for threads, which start in microseconds (below: one reader thread)."""
 
+IN_FLIGHT_PER_WORKER = 2
+"""Groups submitted ahead per worker; the others wait (and a stop drops them)."""
+
 ReadOutcome = TailResult | OSError
 
 
@@ -66,14 +69,28 @@ async def read_all(
             yield await asyncio.to_thread(read_or_error, path, cursors.get(path))
         return
     pool = _pool(workers, threads)
+    # threads need no big tasks to amortise pickling: smaller groups, less held at once
+    todo = iter(_groups(paths, workers, 32 if threads else 8))
+    running: set[asyncio.Future[list[tuple[str, ReadOutcome]]]] = set()
+
+    def submit() -> None:
+        group = next(todo, None)
+        if group is not None:
+            items = [(p, cursors.get(p)) for p in group]
+            running.add(asyncio.wrap_future(pool.submit(read_group, items)))
+
     try:
-        futures = [
-            asyncio.wrap_future(pool.submit(read_group, [(p, cursors.get(p)) for p in group]))
-            for group in _groups(paths, workers)
-        ]
-        for done in asyncio.as_completed(futures):
-            for item in await done:
-                yield item
+        # a few groups per worker in flight: readers faster than the writer
+        # must not pile up the records of every file read (memory stays bounded)
+        for _ in range(IN_FLIGHT_PER_WORKER * workers):
+            submit()
+        while running:
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                running.discard(future)
+                submit()
+                for item in future.result():
+                    yield item
     finally:
         # on a stop mid-way, drop the groups not started instead of reading them all
         pool.shutdown(wait=False, cancel_futures=True)
@@ -91,10 +108,10 @@ def read_group(items: list[tuple[str, Cursor | None]]) -> list[tuple[str, ReadOu
     return [read_or_error(path, cursor) for path, cursor in items]
 
 
-def _groups(paths: Sequence[str], workers: int) -> list[list[str]]:
+def _groups(paths: Sequence[str], workers: int, per_worker: int) -> list[list[str]]:
     """Files in groups of similar size, biggest first (a huge file must not finish last)."""
     sized = sorted(((_size(p), p) for p in paths), reverse=True)
-    target = max(4 << 20, sum(size for size, _ in sized) // (workers * 8))
+    target = max(4 << 20, sum(size for size, _ in sized) // (workers * per_worker))
     groups: list[list[str]] = []
     current: list[str] = []
     held = 0

@@ -78,7 +78,7 @@ async def test_a_stop_drops_the_groups_not_started(
 
     monkeypatch.setattr(reading, "THREAD_PARALLEL_BYTES", 0)
     monkeypatch.setattr(reading, "worker_count", lambda: 2)
-    monkeypatch.setattr(reading, "_groups", lambda ps, workers: [[p] for p in ps])
+    monkeypatch.setattr(reading, "_groups", lambda ps, workers, per_worker: [[p] for p in ps])
     monkeypatch.setattr(reading, "read_group", read_group)
     reader = reading.read_all(paths, {})
     assert isinstance(reader, AsyncGenerator)
