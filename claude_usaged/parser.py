@@ -225,7 +225,7 @@ def parse_lines(
 ) -> ParseResult:
     """Parse a buffer of complete `\\n`-terminated lines (split on the byte only)."""
     scan = fastpath.scanner()
-    if scan is not None:
+    if scan is not None and isinstance(buf, bytes):  # immutable: scanned without the GIL
         return _parse_scanned(scan, buf, fallback_session, fallback_project, intern, max_line)
     return _parse_python(buf, fallback_session, fallback_project, intern, max_line)
 
