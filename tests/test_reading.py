@@ -36,6 +36,7 @@ async def test_threads_read_what_one_thread_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In parallel (threads, C scanner) every file yields what read_new alone yields."""
+    monkeypatch.setattr(fastpath, "_enabled", True)  # even under CLAUDE_USAGED_PURE_PYTHON
     monkeypatch.setattr(reading, "THREAD_PARALLEL_BYTES", 0)
     monkeypatch.setattr(reading, "worker_count", lambda: 3)
     used: list[bool] = []
@@ -63,6 +64,7 @@ async def test_a_stop_drops_the_groups_not_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Closing the reader after its first result leaves most of 30 groups unread."""
+    monkeypatch.setattr(fastpath, "_enabled", True)  # threads: read_group can be patched
     paths = [str(tmp_path / f"{n}.jsonl") for n in range(30)]
     for path in paths:
         Path(path).write_bytes(b"{}\n")
