@@ -301,6 +301,56 @@ def mutate(line: bytes, rng: random.Random) -> bytes:
     return bytes(out).replace(b"\n", b"") if rng.random() < 0.9 else bytes(out)
 
 
+SCALARS = [*VALUES, b'"fast"', b'"us"', b'"C:\\\\x"', b'"\\u00e9"', b"12345", b"0"]
+STRUCTS = {
+    b"message": [b"id", b"model", b"usage", b"content"],
+    b"usage": [
+        b"input_tokens", b"output_tokens", b"cache_creation_input_tokens",
+        b"cache_read_input_tokens", b"cache_creation", b"server_tool_use", b"speed",
+        b"inference_geo", b"iterations",
+    ],
+    b"cache_creation": [b"ephemeral_5m_input_tokens", b"ephemeral_1h_input_tokens"],
+    b"server_tool_use": [b"web_search_requests", b"web_fetch_requests"],
+}  # fmt: skip
+TOP = [b"type", b"timestamp", b"sessionId", b"requestId", b"isSidechain", b"cwd", b"message"]
+GOOD = {
+    b"type": b'"assistant"', b"timestamp": b'"2025-11-20T09:14:05.602Z"', b"sessionId": b'"s"',
+    b"requestId": b'"r"', b"isSidechain": b"false", b"cwd": b'"/w"', b"id": b'"m"',
+    b"model": b'"claude-x"', b"speed": b'"fast"', b"inference_geo": b'"us"',
+}  # fmt: skip
+
+
+def generated_line(rng: random.Random) -> bytes:
+    """A line built from our keys: mostly plausible values, sometimes odd ones, odd spacing."""
+
+    def ws() -> bytes:
+        return rng.choice([b"", b"", b"", b" ", b"\t", b"\r", b" \t"])
+
+    def value(key: bytes, depth: int) -> bytes:
+        if key in STRUCTS and depth < 4 and rng.random() < 0.97:
+            return obj(STRUCTS[key], depth + 1)
+        if rng.random() < 0.97:
+            if key in GOOD:
+                return GOOD[key]
+            if key.endswith((b"tokens", b"requests")):
+                return str(rng.choice([0, 1, 7, 4096, 10**17, 10**18 - 1])).encode()
+        return rng.choice(SCALARS)
+
+    def obj(keys: list[bytes], depth: int) -> bytes:
+        chosen = [k for k in keys if rng.random() < 0.9]
+        if rng.random() < 0.05:
+            chosen.append(rng.choice(keys))  # a duplicate
+        if rng.random() < 0.1:
+            chosen.append(rng.choice([b"usage", b"message", b"x", b"type"]))  # out of place
+        rng.shuffle(chosen)
+        members = [
+            b'%s"%s"%s:%s%s%s' % (ws(), k, ws(), ws(), value(k, depth), ws()) for k in chosen
+        ]
+        return b"{" + b",".join(members) + ws() + b"}"
+
+    return ws() + obj(TOP, 0) + ws()
+
+
 def mutants(lines: list[bytes], count: int, rng: random.Random) -> Iterator[bytes]:
     usage_lines = [line for line in lines if b'"usage"' in line and len(line) < 20000]
     for _ in range(count):
@@ -309,7 +359,7 @@ def mutants(lines: list[bytes], count: int, rng: random.Random) -> Iterator[byte
 
 @needs_ext
 def test_fastscan_matches_python_on_many_buffers(tmp_path: Path) -> None:
-    """Real, generated, hand-written and 50,000 mutated lines: both paths agree."""
+    """Real, corpus, hand-written, 50,000 mutated and 20,000 built lines: both paths agree."""
     rng = random.Random(20261126)
     differ = Differ()
     real = real_lines()
@@ -322,13 +372,17 @@ def test_fastscan_matches_python_on_many_buffers(tmp_path: Path) -> None:
         differ.check(line + b"\n")
         if n % 10 == 0:
             differ.check(layout([line, *rng.sample(pool, 3)], rng))
+    for _ in range(20_000):
+        line = generated_line(rng)
+        differ.check(line + b"\n")
+        differ.check(mutate(line, rng) + b"\n")
     # whole files at once, with small limits on line length too
     for path in sorted((tmp_path / "c1").glob("projects/**/*.jsonl"))[:40]:
         buf = path.read_bytes()
         differ.check(buf)
         differ.check(buf, max_line=rng.choice([0, 200, 3000]))
     print(f"compared {differ.buffers} buffers, {differ.lines} lines, {differ.records} records")
-    assert differ.buffers > 50_000 and differ.records > 10_000
+    assert differ.buffers > 90_000 and differ.records > 20_000
 
 
 @needs_ext
