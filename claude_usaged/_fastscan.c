@@ -37,7 +37,15 @@
  *     paths in cwd: "C:\\Users...") are decoded exactly as JSON says;
  *   - responses that Python would skip with a reason (missing or unusual
  *     timestamp) or key by a hash of the line (no message.id).
- * Values of keys we do not read are skipped after the same validation.
+ * Values of keys we do not read are skipped after the same validation; null
+ * for a field we read is taken as absent (msgspec gives None, and the Python
+ * code treats None and absence alike: `or 0`, `or fallback`).
+ *
+ * The buffer-level counts are exact, not declinable: lines (b"\n" count) and
+ * malformed lines, computed as parser._bad_line_count does, quirks included
+ * (its regex pre-check decides whether the per-line count runs at all).
+ *
+ * CLAUDE_USAGED_NO_AVX2 (set at import) keeps the SSE2 loops, for testing.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -69,7 +77,7 @@ typedef struct {
     int esc; /* the raw bytes hold escapes (validated): decode with unescape() */
 } Span;
 
-enum { OUT_NONE, OUT_RECORD, OUT_DECLINE, OUT_TOO_LONG };
+enum { OUT_NONE, OUT_RECORD, OUT_DECLINE };
 
 typedef struct {
     Py_ssize_t start, end;
