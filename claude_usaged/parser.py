@@ -4,6 +4,11 @@ Only lines that contain the key `"usage"` can count, so the rest are never
 decoded: a byte search skips them at memory speed. The lines that remain are
 decoded into typed structs that name only the fields we keep; message content
 is skipped by the decoder and never reaches a Python object.
+
+When the C extension is built (see fastpath.py), `parse_lines` hands the whole
+buffer to `_fastscan.scan`, which does the same in one pass without the GIL
+and declines the lines it is not sure about; those come back here, to
+`record_from_line`. This module stays the specification of both paths.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from typing import Annotated
 
 import msgspec
 
+from claude_usaged import fastpath
 from claude_usaged.usage import UsageRecord
 
 SYNTHETIC_MODEL = "<synthetic>"
+UNKNOWN_MODEL = "unknown"
+"""The model of a response whose line names none."""
 
 
 Count = Annotated[int, msgspec.Meta(ge=0)]
@@ -137,7 +145,7 @@ def record_from_line(
     usage = message.usage
     if usage is None:
         return None
-    model = message.model or "unknown"
+    model = message.model or UNKNOWN_MODEL
     if model == SYNTHETIC_MODEL:
         return None
     stamp = obj.timestamp
@@ -216,6 +224,20 @@ def parse_lines(
     max_line: int = 1 << 62,
 ) -> ParseResult:
     """Parse a buffer of complete `\\n`-terminated lines (split on the byte only)."""
+    scan = fastpath.scanner()
+    if scan is not None and isinstance(buf, bytes):  # immutable: scanned without the GIL
+        return _parse_scanned(scan, buf, fallback_session, fallback_project, intern, max_line)
+    return _parse_python(buf, fallback_session, fallback_project, intern, max_line)
+
+
+def _parse_python(
+    buf: bytes,
+    fallback_session: str,
+    fallback_project: str,
+    intern: _Interner | None,
+    max_line: int,
+) -> ParseResult:
+    """parse_lines in pure Python: the specification of the C path."""
     result = ParseResult()
     result.lines = buf.count(b"\n")
     bad = _bad_line_count(buf)
@@ -223,8 +245,6 @@ def parse_lines(
         result.skipped["malformed_line"] += bad
     find = buf.find
     view = memoryview(buf)
-    records = result.records
-    skipped = result.skipped
     pos = find(b'"usage"')
     while pos != -1:
         start = buf.rfind(b"\n", 0, pos) + 1
@@ -233,17 +253,61 @@ def parse_lines(
             end = len(buf)
         pos = find(b'"usage"', end)
         if end - start > max_line:
-            skipped["line_too_long"] += 1
+            result.skipped["line_too_long"] += 1
             continue
-        outcome = record_from_line(view[start:end], fallback_session, fallback_project, intern)
-        if outcome is None:
-            continue
-        if isinstance(outcome, str):
-            stripped = buf[start:end].strip()
-            if stripped[:1] == b"{" and stripped[-1:] == b"}":  # else counted already
-                skipped[outcome] += 1
-        else:
-            records.append(outcome)
+        _take_line(result, view, start, end, fallback_session, fallback_project, intern)
+    return result
+
+
+def _take_line(
+    result: ParseResult,
+    view: memoryview,
+    start: int,
+    end: int,
+    fallback_session: str,
+    fallback_project: str,
+    intern: _Interner | None,
+) -> None:
+    """Decode the line view[start:end] into `result` (a record, a skip, or nothing)."""
+    outcome = record_from_line(view[start:end], fallback_session, fallback_project, intern)
+    if outcome is None:
+        return
+    if isinstance(outcome, str):
+        stripped = view[start:end].tobytes().strip()
+        if stripped[:1] == b"{" and stripped[-1:] == b"}":  # else counted already
+            result.skipped[outcome] += 1
+    else:
+        result.records.append(outcome)
+
+
+def _parse_scanned(
+    scan: fastpath.Scan,
+    buf: bytes,
+    fallback_session: str,
+    fallback_project: str,
+    intern: _Interner | None,
+    max_line: int,
+) -> ParseResult:
+    """parse_lines through the C scanner; the lines it declines go to record_from_line."""
+    seen = intern._seen if intern is not None else None
+    lines, bad, too_long, records, declined = scan(
+        buf, fallback_session, fallback_project, seen, UsageRecord, max_line, UNKNOWN_MODEL
+    )
+    result = ParseResult(records, lines)
+    if bad:
+        result.skipped["malformed_line"] += bad
+    if too_long:
+        result.skipped["line_too_long"] += too_long
+    if declined:
+        # each declined line's outcome goes before records[index]: rebuild in order
+        result.records = []
+        view = memoryview(buf)
+        done = 0
+        for index, start, end in declined:
+            result.records.extend(records[done:index])
+            done = index
+            _take_line(result, view, start, end, fallback_session, fallback_project, intern)
+        result.records.extend(records[done:])
     return result
 
 

@@ -1,9 +1,12 @@
-"""Read many transcripts at once: in this process, or in worker processes.
+"""Read many transcripts at once: in threads, or in worker processes.
 
-A cold catch-up reads hundreds of MB; parsing is CPU-bound Python, so above a
-threshold the files are spread over a process pool (one worker per core).
-Each worker returns `TailResult`s; the single writer still applies them.
-Small reads (the normal case: a few appended lines) stay in a thread.
+A cold catch-up reads hundreds of MB. With the C scanner (fastpath.py) the
+parsing runs without the GIL, so above a threshold the files are spread over
+a thread pool (one thread per core): no process start-up, no pickling, one
+interner. Without it parsing is CPU-bound Python, and the files go to a spawn
+process pool instead. Either way each task returns `TailResult`s and the
+single writer still applies them. Small reads (the normal case: a few
+appended lines) stay in one thread.
 """
 
 from __future__ import annotations
@@ -12,13 +15,20 @@ import asyncio
 import multiprocessing
 import os
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
+from claude_usaged import fastpath
 from claude_usaged.parser import new_interner
 from claude_usaged.tailer import Cursor, TailResult, read_new
 
 PARALLEL_BYTES = 48 << 20
-"""Below this many unread bytes a pool costs more to start than it saves."""
+"""Below this many unread bytes a process pool costs more to start than it saves."""
+
+THREAD_PARALLEL_BYTES = 8 << 20
+"""The same for threads, which start in microseconds (below: one reader thread)."""
+
+IN_FLIGHT_PER_WORKER = 2
+"""Groups submitted ahead per worker; the others wait (and a stop drops them)."""
 
 ReadOutcome = TailResult | OSError
 
@@ -52,24 +62,45 @@ async def read_all(
 ) -> AsyncIterator[tuple[str, ReadOutcome]]:
     """Yield (path, outcome) for every path; order is not kept in parallel mode."""
     workers = worker_count()
-    if workers < 2 or len(paths) < 2 or unread_bytes(paths, cursors) < PARALLEL_BYTES:
+    threads = fastpath.enabled()
+    threshold = THREAD_PARALLEL_BYTES if threads else PARALLEL_BYTES
+    if workers < 2 or len(paths) < 2 or unread_bytes(paths, cursors) < threshold:
         for path in paths:
             yield await asyncio.to_thread(read_or_error, path, cursors.get(path))
         return
-    # spawn: the daemon has threads (watchdog, sqlite), which fork does not copy safely
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = _pool(workers, threads)
+    # threads need no big tasks to amortise pickling: smaller groups, less held at once
+    todo = iter(_groups(paths, workers, 32 if threads else 8))
+    running: set[asyncio.Future[list[tuple[str, ReadOutcome]]]] = set()
+
+    def submit() -> None:
+        group = next(todo, None)
+        if group is not None:
+            items = [(p, cursors.get(p)) for p in group]
+            running.add(asyncio.wrap_future(pool.submit(read_group, items)))
+
     try:
-        futures = [
-            asyncio.wrap_future(pool.submit(read_group, [(p, cursors.get(p)) for p in group]))
-            for group in _groups(paths, workers)
-        ]
-        for done in asyncio.as_completed(futures):
-            for item in await done:
-                yield item
+        # a few groups per worker in flight: readers faster than the writer
+        # must not pile up the records of every file read (memory stays bounded)
+        for _ in range(IN_FLIGHT_PER_WORKER * workers):
+            submit()
+        while running:
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                running.discard(future)
+                submit()
+                for item in future.result():
+                    yield item
     finally:
         # on a stop mid-way, drop the groups not started instead of reading them all
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _pool(workers: int, threads: bool) -> Executor:
+    if threads:  # the C scanner releases the GIL while it parses
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reader")
+    # spawn: the daemon has threads (watchdog, sqlite), which fork does not copy safely
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def read_group(items: list[tuple[str, Cursor | None]]) -> list[tuple[str, ReadOutcome]]:
@@ -77,10 +108,10 @@ def read_group(items: list[tuple[str, Cursor | None]]) -> list[tuple[str, ReadOu
     return [read_or_error(path, cursor) for path, cursor in items]
 
 
-def _groups(paths: Sequence[str], workers: int) -> list[list[str]]:
+def _groups(paths: Sequence[str], workers: int, per_worker: int) -> list[list[str]]:
     """Files in groups of similar size, biggest first (a huge file must not finish last)."""
     sized = sorted(((_size(p), p) for p in paths), reverse=True)
-    target = max(4 << 20, sum(size for size, _ in sized) // (workers * 8))
+    target = max(4 << 20, sum(size for size, _ in sized) // (workers * per_worker))
     groups: list[list[str]] = []
     current: list[str] = []
     held = 0

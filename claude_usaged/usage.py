@@ -69,9 +69,21 @@ def dedupe(records: Iterable[UsageRecord]) -> dict[str, UsageRecord]:
     """One record per key: the line that `beats` all others."""
     best: dict[str, UsageRecord] = {}
     for rec in records:
-        old = best.get(rec.key)
-        if old is None or rec.beats(old):
-            best[rec.key] = rec
+        key = rec.key
+        old = best.get(key)
+        if old is None:
+            best[key] = rec
+            continue
+        # `beats` inlined for its common outcome (a streamed response's totals
+        # differ): the larger total wins; equal totals go to the full rank
+        new_total = (
+            rec.input_tokens + rec.output_tokens + rec.cache_creation_tokens + rec.cache_read_tokens
+        )
+        old_total = (
+            old.input_tokens + old.output_tokens + old.cache_creation_tokens + old.cache_read_tokens
+        )
+        if new_total > old_total or (new_total == old_total and rec.beats(old)):
+            best[key] = rec
     return best
 
 

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 import structlog
 
+from claude_usaged import fastpath, parser
 from claude_usaged.daemon import Daemon
 from claude_usaged.settings import load_settings
 
@@ -188,6 +189,41 @@ async def running(claude_root: Path, tmp_path: Path) -> AsyncIterator[RunningDae
 def logs() -> Iterator[list[dict[str, Any]]]:
     with structlog.testing.capture_logs() as captured:
         yield captured
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fastscan_cross_check() -> Iterator[None]:
+    """Every parse_lines call of the suite through the C scanner is also run in Python.
+
+    The pure-Python parser is the specification: any difference fails the run
+    (at its end, since a daemon may parse in a thread). See test_fastscan.py.
+    """
+    if not fastpath.enabled():
+        yield
+        return
+    scanned = parser._parse_scanned
+    differences: list[bytes] = []
+
+    def checked(
+        scan: fastpath.Scan,
+        buf: bytes,
+        session: str,
+        project: str,
+        intern: Any,
+        max_line: int,
+    ) -> parser.ParseResult:
+        fast = scanned(scan, buf, session, project, intern, max_line)
+        pure = parser._parse_python(buf, session, project, intern, max_line)
+        if (fast.records, fast.lines, fast.skipped) != (pure.records, pure.lines, pure.skipped):
+            differences.append(buf[:500])
+        return fast
+
+    parser._parse_scanned = checked  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        parser._parse_scanned = scanned  # type: ignore[assignment]
+    assert not differences, f"C and Python parsers differ on: {differences[:3]}"
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,53 @@
+"""Which parser runs: the C scanner (`_fastscan`) when built and allowed, else Python.
+
+The extension is optional, so `pip install` without a compiler still works;
+the pure-Python parser is then used, and it stays the specification the C
+path is tested against (tests/test_fastscan.py runs both on the same input).
+`CLAUDE_USAGED_PURE_PYTHON=1`, read at import, turns the C path off;
+`set_enabled` switches it at run time (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from claude_usaged.usage import UsageRecord
+
+ScanResult = tuple[int, int, int, list[UsageRecord], list[tuple[int, int, int]]]
+"""(lines, malformed lines, too-long lines, records, declined (index, start, end))."""
+
+Scan = Callable[[bytes, str, str, dict[str, str] | None, type[UsageRecord], int, str], ScanResult]
+
+_scan: Scan | None
+try:
+    from claude_usaged._fastscan import scan as _c_scan
+
+    _scan = _c_scan
+except ImportError:  # not built: no compiler at install time
+    _scan = None
+
+_enabled = _scan is not None and os.environ.get("CLAUDE_USAGED_PURE_PYTHON", "") in ("", "0")
+
+
+def available() -> bool:
+    """True when the extension was built and imports."""
+    return _scan is not None
+
+
+def enabled() -> bool:
+    """True when parse_lines uses the C scanner (and readers may use threads)."""
+    return _enabled
+
+
+def set_enabled(flag: bool) -> None:
+    """Turn the C scanner on or off; on needs the extension."""
+    global _enabled
+    if flag and _scan is None:
+        raise RuntimeError("claude_usaged._fastscan is not built")
+    _enabled = flag
+
+
+def scanner() -> Scan | None:
+    """The C scan function when it is in use, else None."""
+    return _scan if _enabled else None
