@@ -9,15 +9,16 @@ cursor, so a missed event delays a count but never loses it.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
+from claude_usaged.prefetch import Prefetch
 from claude_usaged.reading import ReadOutcome, read_all
+from claude_usaged.scan import changed_paths
 from claude_usaged.store import Store
 from claude_usaged.tailer import Cursor, TailResult
 from claude_usaged.usage import UsageRecord
@@ -29,18 +30,6 @@ PROGRESS_EVERY = 2.0
 
 BATCH_RECORDS = 20_000
 """Records held in memory before they are written (bounds RSS on big histories)."""
-
-
-def transcript_paths(roots: Iterable[Path]) -> list[str]:
-    """Every `projects/**/*.jsonl` under the roots, sorted."""
-    found: list[str] = []
-    for root in roots:
-        projects = root / "projects"
-        if not projects.is_dir():
-            continue
-        for dirpath, _dirs, files in os.walk(projects, followlinks=False):
-            found.extend(os.path.join(dirpath, f) for f in files if f.endswith(".jsonl"))
-    return sorted(set(found))
 
 
 @dataclass(slots=True)
@@ -60,8 +49,11 @@ class IngestState:
 class Ingest:
     """Reads changed transcripts and applies them to the store, one batch at a time."""
 
-    def __init__(self, store: Store, roots: Sequence[Path]) -> None:
+    def __init__(
+        self, store: Store, roots: Sequence[Path], prefetch: Prefetch | None = None
+    ) -> None:
         self.store = store
+        self._prefetch = prefetch
         self.roots = list(roots)
         self.state = IngestState()
         self.cursors: dict[str, Cursor] = {}
@@ -70,6 +62,7 @@ class Ingest:
         self._wake = asyncio.Event()
         self._waiters: list[asyncio.Future[None]] = []
         self._failing: dict[str, str] = {}
+        self._prefetched: Prefetch | None = None
         self.listeners: list[Callable[[list[UsageRecord]], None]] = []
         self.lines = 0
         self.skipped_lines = 0
@@ -108,6 +101,8 @@ class Ingest:
             waiters, self._waiters = self._waiters, []
             started, bytes_before = time.monotonic(), self.state.bytes_read
             try:
+                if rescan and await self._use_prefetch():
+                    await self._process_prefetched()
                 if rescan:
                     paths |= set(await asyncio.to_thread(self._changed_paths))
                     self.state.last_scan_at = time.time()
@@ -135,29 +130,37 @@ class Ingest:
                     waiter.set_result(None)
 
     def _changed_paths(self) -> list[str]:
-        changed = []
-        for path in transcript_paths(self.roots):
-            cursor = self.cursors.get(path)
-            if cursor is None or path in self._failing:
-                changed.append(path)
-                continue
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if (st.st_ino, st.st_size, st.st_mtime_ns) != (
-                cursor.ino,
-                cursor.size,
-                cursor.mtime_ns,
-            ):
-                changed.append(path)
-        return changed
+        return changed_paths(self.roots, self.cursors, self._failing)
 
-    async def _process(self, paths: Sequence[str]) -> None:
+    async def _use_prefetch(self) -> bool:
+        """Whether the first rescan can take the prefetch's outcomes (once only)."""
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is None:
+            return False
+        if await asyncio.to_thread(prefetch.matches, self.cursors):
+            self._prefetched = prefetch
+            return True
+        prefetch.cancel()  # the database changed under it: read the files here
+        log.info("ingest.prefetch_dropped", reason="cursors changed before the daemon started")
+        return False
+
+    async def _process_prefetched(self) -> None:
+        prefetch, self._prefetched = self._prefetched, None
+        assert prefetch is not None
+        # what the prefetch read is now up to date; the rescan below finds only later changes
+        await self._process(prefetch.paths, prefetch.outcomes())
+
+    async def _process(
+        self,
+        paths: Sequence[str],
+        outcomes: AsyncIterator[tuple[str, ReadOutcome]] | None = None,
+    ) -> None:
         batch: list[TailResult] = []
         held = done = 0
         next_report = time.monotonic() + PROGRESS_EVERY
-        async for path, outcome in read_all(paths, self.cursors):
+        if outcomes is None:
+            outcomes = read_all(paths, self.cursors)
+        async for path, outcome in outcomes:
             done += 1
             if time.monotonic() >= next_report:
                 next_report += PROGRESS_EVERY

@@ -139,6 +139,8 @@ def record_from_line(
         return "invalid_json"
     except UnicodeDecodeError:
         return "invalid_utf8"
+    except RecursionError:  # nested deeper than the decoder goes (~1000 levels)
+        return "too_deep"
     message = obj.message
     if obj.type != "assistant" or message is None:
         return None

@@ -539,3 +539,14 @@ def test_a_usage_object_that_is_not_an_object_is_skipped() -> None:
     line["message"]["usage"] = "lots"
     result = parse_lines(json.dumps(line).encode() + b"\n", "s", "p")
     assert (result.records, dict(result.skipped)) == ([], {"invalid_fields": 1})
+
+
+def test_a_line_nested_deeper_than_the_decoder_goes_is_skipped_not_raised() -> None:
+    """Valid JSON, but 5,000 levels deep inside the content: one skipped line, the rest count."""
+    deep = "[" * 5000 + "]" * 5000
+    good = dumps(assistant("m1", "r1", "2025-11-24T10:00:00.000Z", input_tokens=3))
+    bad = good.replace('"text":"ok"', f'"text":"ok","deep":{deep}')
+    assert bad != good
+    result = parse_lines(f"{bad}\n{good}\n".encode(), "s", "p")
+    assert [r.key for r in result.records] == ["m1:r1"]
+    assert (result.lines, dict(result.skipped)) == (2, {"too_deep": 1})
