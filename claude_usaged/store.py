@@ -47,6 +47,10 @@ log = structlog.get_logger(__name__)
 BULK_THRESHOLD = 2000
 """Batches with more new responses than this rebuild aggregates in one pass."""
 
+LOADED_ROWS = 200_000
+"""At most this many rows of a bulk load are kept in memory (~230 bytes each);
+a larger history settles from the table, as before."""
+
 _IN_CHUNK = 500
 REBUILD_CHUNK = 20_000
 
@@ -340,6 +344,8 @@ class Store:
             raise
         if self._loaded is not None:
             _keep_best(self._loaded, bulk_rows)
+            if len(self._loaded) > LOADED_ROWS:
+                self._loaded = None
         self.outbox_pending += queued
         if changed or lines:
             self.generation += 1

@@ -851,6 +851,23 @@ async def test_bulk_load_onto_a_filled_table_reads_the_table_back(
     assert_matches_oracle(tmp_path / "usage.sqlite3", Oracle.of(all_lines(corpus)))
 
 
+async def test_bulk_load_larger_than_the_memory_limit_reads_the_table_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past LOADED_ROWS the rows in memory are dropped; the settle reads the table and
+    still gives the oracle's totals."""
+    monkeypatch.setattr(store_module, "BULK_THRESHOLD", 10)
+    monkeypatch.setattr(store_module, "LOADED_ROWS", 50)
+    corpus = make_corpus(seed=47, sessions=6, per_session=20)
+    db = tmp_path / "usage.sqlite3"
+    store = await Store.open(db, PriceTable.load())
+    await feed_in_bulk(store, tmp_path / "files", corpus, seed=3)
+    assert store._loaded is None
+    assert await store.settle() is True
+    await store.close()
+    assert_matches_oracle(db, Oracle.of(all_lines(corpus)))
+
+
 async def test_failed_bulk_batch_drops_the_rows_in_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
