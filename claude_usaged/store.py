@@ -510,18 +510,30 @@ class Store:
 
         Every row was stored with counted = 1, so only the replays change. A
         stable sort by time keeps ties in rowid order, as the `responses_ts`
-        index reads them, so the float sums add up in the same order.
+        index reads them, so the float sums add up in the same order. SQLite
+        builds the indexes in its own thread, without the GIL, meanwhile.
         """
         db = self._db
-        await self._create_indexes()
-        uncounted = _uncounted(loaded.values())
+        indexing = asyncio.gather(
+            *(
+                db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
+                for name, target in RESPONSE_INDEXES.items()
+            )
+        )
+        await asyncio.sleep(0)  # every statement is queued, in order, before Python works
+        try:
+            uncounted = _uncounted(loaded.values())
+            skip = set(uncounted)
+            rows = sorted((row for row in loaded.values() if row[0] not in skip), key=_BY_TS)
+            aggregator = Aggregator()
+            for part in _chunks(rows, REBUILD_CHUNK):
+                aggregator.feed(list(map(_AGGREGATED, part)))
+                await asyncio.sleep(0)  # the event loop serves requests between chunks
+        finally:
+            await indexing
         await db.executemany(
             "UPDATE responses SET counted = 0 WHERE key = ?", [(key,) for key in uncounted]
         )
-        skip = set(uncounted)
-        aggregator = Aggregator()
-        rows = sorted((row for row in loaded.values() if row[0] not in skip), key=_BY_TS)
-        aggregator.feed(list(map(_AGGREGATED, rows)))
         await self._replace_aggregates(aggregator)
 
     async def _replace_aggregates(self, aggregator: Aggregator) -> None:

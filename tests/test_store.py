@@ -778,6 +778,7 @@ def exact_tables(db: Path) -> dict[str, list[tuple[Any, ...]]]:
         "ORDER BY head_hash, size",
         "meta": "SELECT name, value FROM meta WHERE name <> 'machine_id' ORDER BY name",
         "rowid_order": "SELECT key FROM responses ORDER BY rowid",
+        "indexes": "SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name",
     }
     with connect(db) as con:
         out = {name: con.execute(sql).fetchall() for name, sql in queries.items()}
