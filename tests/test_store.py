@@ -541,6 +541,44 @@ REPLAY = a(
 )
 
 
+@pytest.mark.parametrize("bulk", [False, True])
+async def test_speed_and_geo_are_stored_as_read_and_null_when_absent(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bulk: bool
+) -> None:
+    """`fast`/`us` are stored as text, an absent value as NULL, in both write paths; a
+    larger later line replaces them (here: with none)."""
+    if bulk:
+        monkeypatch.setattr(store_module, "BULK_THRESHOLD", 1)
+    fast_us = {"speed": "fast", "inference_geo": "us"}
+    write_lines(
+        tmp_path / "s.jsonl",
+        [
+            a("m1", "r1", "2025-11-20T10:00:00.000Z", input_tokens=5, extra_usage=fast_us),
+            a("m2", "r2", "2025-11-20T10:01:00.000Z", input_tokens=5),
+            a("m3", "r3", "2025-11-20T10:02:00.000Z", input_tokens=5, extra_usage=fast_us),
+            a("m3", "r3", "2025-11-20T10:02:01.000Z", input_tokens=5, output_tokens=2),
+            a("m4", "r4", "2025-11-20T10:03:00.000Z", extra_usage={"inference_geo": "us"}),
+        ],
+    )
+    s = await Store.open(db_path, PriceTable.load())
+    try:
+        await Feeder(s, tmp_path).apply("s.jsonl")
+        await s.settle()
+    finally:
+        await s.close()
+    with connect(db_path) as con:
+        rows = con.execute(
+            "SELECT message_id, speed, geo, typeof(speed), typeof(geo) FROM responses "
+            "ORDER BY message_id"
+        ).fetchall()
+    assert rows == [
+        ("m1", "fast", "us", "text", "text"),
+        ("m2", None, None, "null", "null"),
+        ("m3", None, None, "null", "null"),
+        ("m4", None, "us", "null", "text"),
+    ]
+
+
 @pytest.mark.parametrize("order", ["parent_first", "replay_first", "one_batch"])
 async def test_btw_replay_is_dropped_and_the_parent_kept_in_any_order(
     store: Store, db_path: Path, tmp_path: Path, order: str
