@@ -9,6 +9,12 @@ it or none of it, so a restart neither loses nor double-counts a response.
 A very large batch (the cold catch-up) marks the aggregates dirty instead of
 updating them row by row; `settle()` rebuilds them in one pass when the queue
 is empty, and a restart finishes that rebuild if a crash interrupted it.
+
+When that bulk load began on an empty table, the store also keeps the rows it
+wrote in memory, so `settle()` derives the counted flags and the aggregates from
+them instead of reading ~50k rows back out of SQLite: turning rows into Python
+objects, not SQL, is what costs there. Any doubt (a failed transaction, a
+reprice) drops that copy and `settle()` reads the table, as after a crash.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import functools
 import hashlib
 import json
 import os
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -40,16 +48,28 @@ log = structlog.get_logger(__name__)
 BULK_THRESHOLD = 2000
 """Batches with more new responses than this rebuild aggregates in one pass."""
 
+LOADED_ROWS = 200_000
+"""At most this many rows of a bulk load are kept in memory (~230 bytes each);
+a larger history settles from the table, as before."""
+
+BULK_CACHE_KIB = 8 << 10
+"""Page cache while a bulk load runs (SQLite's default is 2000 KiB): enough for the
+primary key's index of ~50k responses, whose random inserts otherwise miss the
+cache and spill pages mid-transaction. `settle` gives it back."""
+
 _IN_CHUNK = 500
 REBUILD_CHUNK = 20_000
 
 _TOTAL = "(input + output + cache_creation + cache_read)"
 
+# speed and geo are bound as 0 when absent (NULLIF makes it NULL again): Python's
+# sqlite3 sends None through its adapter lookup, ~0.35 us a value against ~0.03 us
+# for an int, and most responses have neither (~30 ms of a 50k-response catch-up).
 _UPSERT = """
 INSERT INTO responses (key, message_id, ts, model, session_id, project, is_sidechain,
     input, output, cache_creation, cache_creation_1h, cache_read, web_search, speed, geo,
     cost, counted)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, 0), NULLIF(?, 0), ?, 1)
 ON CONFLICT(key) DO UPDATE SET
     message_id = excluded.message_id, ts = excluded.ts, model = excluded.model,
     session_id = excluded.session_id, project = excluded.project,
@@ -92,6 +112,36 @@ FROM responses WHERE counted = 1 {{where}} GROUP BY project, model
 """
 
 
+_BY_TS = itemgetter(2)
+_AGGREGATED = itemgetter(2, 3, 4, 5, 7, 8, 9, 11, 15)
+"""From a `responses` row, the columns `Aggregator.feed` takes, in its order."""
+
+
+def _rank(row: tuple[Any, ...]) -> tuple[int, int, str, str]:
+    """`UsageRecord.rank` of a `responses` row (the order `_UPSERT` keeps the best by)."""
+    return (-(row[7] + row[8] + row[9] + row[11]), row[2], row[4], row[5])
+
+
+def _uncounted(rows: Iterable[tuple[Any, ...]]) -> list[str]:
+    """Keys of the sidechain replays among `responses` rows: `_COUNTED` in Python."""
+    rows = list(rows)
+    sidechain_messages = {row[1] for row in rows if row[6]}
+    groups: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    for row in rows:
+        if row[1] in sidechain_messages:
+            groups[row[1]].append(row)
+    keys: list[str] = []
+    for group in groups.values():
+        if len(group) == 1:
+            continue
+        if all(row[6] for row in group):
+            first = min(group, key=lambda row: (row[2], row[0]))
+            keys += [row[0] for row in group if row is not first]
+        else:
+            keys += [row[0] for row in group if row[6]]
+    return keys
+
+
 class StoreError(RuntimeError):
     """The database cannot be opened or written; the message says why."""
 
@@ -129,8 +179,8 @@ def _response_row(r: UsageRecord) -> tuple[Any, ...]:
         r.cache_creation_1h_tokens,
         r.cache_read_tokens,
         r.web_search_requests,
-        r.speed,
-        r.inference_geo,
+        0 if r.speed is None else r.speed,
+        0 if r.inference_geo is None else r.inference_geo,
         r.cost_usd,
     )
 
@@ -187,6 +237,9 @@ class Store:
         self.outbox_pending = 0
         """Outbox rows not yet acknowledged by the receiver."""
         self._writing = asyncio.Lock()
+        self._loaded: dict[str, tuple[Any, ...]] | None = None
+        """Every row of a bulk load that began on an empty table, by key, in rowid
+        order (first stored first), as committed; None when there is no such load."""
 
     @classmethod
     async def open(cls, path: Path, prices: PriceTable, *, forward_to: str | None = None) -> Store:
@@ -272,16 +325,20 @@ class Store:
         skipped = sum(sum(res.parsed.skipped.values()) for res in results)
         cursors = [_cursor_row(res.cursor) for res in results if res.cursor is not None]
         db = self._db
+        bulk_rows: list[tuple[Any, ...]] = []
         await db.execute("BEGIN IMMEDIATE")
         try:
             dirty = await self._meta("dirty") == "1"
             if len(best) > BULK_THRESHOLD or dirty:
                 if not dirty:
+                    self._loaded = {} if await self._responses_empty() else None
+                    await db.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
                     for name in RESPONSE_INDEXES:
                         await db.execute(f"DROP INDEX IF EXISTS {name}")
                     await self._set_meta("dirty", "1")
                 changed = list(best.values())
-                await db.executemany(_UPSERT, [_response_row(r) for r in changed])
+                bulk_rows = [_response_row(r) for r in changed]
+                await db.executemany(_UPSERT, bulk_rows)
             else:
                 changed = await self._apply_incremental(best)
             await db.executemany(
@@ -292,8 +349,13 @@ class Store:
             queued = await self._enqueue_outbox(changed)
             await db.execute("COMMIT")
         except BaseException:
+            self._loaded = None
             await db.execute("ROLLBACK")
             raise
+        if self._loaded is not None:
+            _keep_best(self._loaded, bulk_rows)
+            if len(self._loaded) > LOADED_ROWS:
+                self._loaded = None
         self.outbox_pending += queued
         if changed or lines:
             self.generation += 1
@@ -302,6 +364,10 @@ class Store:
     async def apply_records(self, records: Sequence[UsageRecord]) -> ApplyOutcome:
         """Store records that come from no file (a forwarded batch): no cursor, no lines."""
         return await self.apply([TailResult("", None, ParseResult(records=list(records)))])
+
+    async def _responses_empty(self) -> bool:
+        async with self._db.execute("SELECT 1 FROM responses LIMIT 1") as cur:
+            return await cur.fetchone() is None
 
     async def _bump_counter(self, name: str, delta: int) -> None:
         if delta:
@@ -421,19 +487,28 @@ class Store:
         if await self._meta("dirty") != "1":
             return False
         db = self._db
+        loaded, self._loaded = self._loaded, None
         await db.execute("BEGIN IMMEDIATE")
         try:
-            await self._rebuild_all()
+            if loaded is None:
+                await self._rebuild_all()
+            else:
+                await self._rebuild_loaded(loaded)
             await self._set_meta("dirty", "0")
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
             raise
+        finally:
+            await db.execute("PRAGMA cache_size = -2000")
+            await db.execute("PRAGMA shrink_memory")
         self.generation += 1
         return True
 
     async def _rebuild_all(self) -> None:
+        """Counted flags and every aggregate, from the responses table."""
         db = self._db
+        self._loaded = None
         await self._create_indexes()
         # non-sidechain rows are always counted: only the others can change
         await db.execute("UPDATE responses SET counted = 1 WHERE counted = 0 AND is_sidechain = 0")
@@ -445,6 +520,41 @@ class Store:
         ) as cur:
             while rows := await cur.fetchmany(REBUILD_CHUNK):
                 aggregator.feed(rows)  # type: ignore[arg-type]
+        await self._replace_aggregates(aggregator)
+
+    async def _rebuild_loaded(self, loaded: dict[str, tuple[Any, ...]]) -> None:
+        """`_rebuild_all` for a bulk load onto an empty table, from its rows in memory.
+
+        Every row was stored with counted = 1, so only the replays change. A
+        stable sort by time keeps ties in rowid order, as the `responses_ts`
+        index reads them, so the float sums add up in the same order. SQLite
+        builds the indexes in its own thread, without the GIL, meanwhile.
+        """
+        db = self._db
+        indexing = asyncio.gather(
+            *(
+                db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
+                for name, target in RESPONSE_INDEXES.items()
+            )
+        )
+        await asyncio.sleep(0)  # every statement is queued, in order, before Python works
+        try:
+            uncounted = _uncounted(loaded.values())
+            skip = set(uncounted)
+            rows = sorted((row for row in loaded.values() if row[0] not in skip), key=_BY_TS)
+            aggregator = Aggregator()
+            for part in _chunks(rows, REBUILD_CHUNK):
+                aggregator.feed(list(map(_AGGREGATED, part)))
+                await asyncio.sleep(0)  # the event loop serves requests between chunks
+        finally:
+            await indexing
+        await db.executemany(
+            "UPDATE responses SET counted = 0 WHERE key = ?", [(key,) for key in uncounted]
+        )
+        await self._replace_aggregates(aggregator)
+
+    async def _replace_aggregates(self, aggregator: Aggregator) -> None:
+        db = self._db
         agg = aggregator.result()
         for table in ("agg_bucket", "agg_session", "agg_project", "blocks"):
             await db.execute(f"DELETE FROM {table}")
@@ -528,6 +638,14 @@ class Store:
             await db.execute("ROLLBACK")
             raise
         return result
+
+
+def _keep_best(loaded: dict[str, tuple[Any, ...]], rows: Iterable[tuple[Any, ...]]) -> None:
+    """Merge stored rows into `loaded` as `_UPSERT` merged them into the table."""
+    for row in rows:
+        old = loaded.get(row[0])
+        if old is None or _rank(row) < _rank(old):
+            loaded[row[0]] = row
 
 
 def _block_row(b: Block) -> tuple[Any, ...]:

@@ -541,6 +541,44 @@ REPLAY = a(
 )
 
 
+@pytest.mark.parametrize("bulk", [False, True])
+async def test_speed_and_geo_are_stored_as_read_and_null_when_absent(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bulk: bool
+) -> None:
+    """`fast`/`us` are stored as text, an absent value as NULL, in both write paths; a
+    larger later line replaces them (here: with none)."""
+    if bulk:
+        monkeypatch.setattr(store_module, "BULK_THRESHOLD", 1)
+    fast_us = {"speed": "fast", "inference_geo": "us"}
+    write_lines(
+        tmp_path / "s.jsonl",
+        [
+            a("m1", "r1", "2025-11-20T10:00:00.000Z", input_tokens=5, extra_usage=fast_us),
+            a("m2", "r2", "2025-11-20T10:01:00.000Z", input_tokens=5),
+            a("m3", "r3", "2025-11-20T10:02:00.000Z", input_tokens=5, extra_usage=fast_us),
+            a("m3", "r3", "2025-11-20T10:02:01.000Z", input_tokens=5, output_tokens=2),
+            a("m4", "r4", "2025-11-20T10:03:00.000Z", extra_usage={"inference_geo": "us"}),
+        ],
+    )
+    s = await Store.open(db_path, PriceTable.load())
+    try:
+        await Feeder(s, tmp_path).apply("s.jsonl")
+        await s.settle()
+    finally:
+        await s.close()
+    with connect(db_path) as con:
+        rows = con.execute(
+            "SELECT message_id, speed, geo, typeof(speed), typeof(geo) FROM responses "
+            "ORDER BY message_id"
+        ).fetchall()
+    assert rows == [
+        ("m1", "fast", "us", "text", "text"),
+        ("m2", None, None, "null", "null"),
+        ("m3", None, None, "null", "null"),
+        ("m4", None, "us", "null", "text"),
+    ]
+
+
 @pytest.mark.parametrize("order", ["parent_first", "replay_first", "one_batch"])
 async def test_btw_replay_is_dropped_and_the_parent_kept_in_any_order(
     store: Store, db_path: Path, tmp_path: Path, order: str
@@ -763,6 +801,147 @@ async def test_random_arrival_order_matches_the_oracle(
     finally:
         await s.close()
     assert_matches_oracle(db_path, Oracle.of(all_lines(corpus)))
+
+
+def exact_tables(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table row for row, floats unrounded, with each value's SQLite type (cursors
+    without their device and inode: the two stores read copies of the files)."""
+    queries = {
+        "responses": "SELECT * FROM responses ORDER BY key",
+        "agg_bucket": "SELECT * FROM agg_bucket ORDER BY bucket, model",
+        "agg_session": "SELECT * FROM agg_session ORDER BY session_id, project, model",
+        "agg_project": "SELECT * FROM agg_project ORDER BY project, model",
+        "blocks": "SELECT * FROM blocks ORDER BY start",
+        "cursors": "SELECT offset, head_len, head_hash, tail_hash, size FROM cursors "
+        "ORDER BY head_hash, size",
+        "meta": "SELECT name, value FROM meta WHERE name <> 'machine_id' ORDER BY name",
+        "rowid_order": "SELECT key FROM responses ORDER BY rowid",
+        "indexes": "SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name",
+    }
+    with connect(db) as con:
+        out = {name: con.execute(sql).fetchall() for name, sql in queries.items()}
+        out["types"] = con.execute(
+            "SELECT typeof(cost), typeof(is_sidechain), typeof(speed), count(*) "
+            "FROM responses GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).fetchall()
+    return out
+
+
+async def test_settle_from_memory_equals_settle_from_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk load onto an empty table settles from its rows in memory; a crash before the
+    settle makes the reopened store rebuild from the table instead. Both give the same
+    tables, floats bit for bit, on a history with copies across batches, streamed lines,
+    replays and tied copies."""
+    monkeypatch.setattr(store_module, "BULK_THRESHOLD", 10)
+    corpus = make_corpus(seed=41, sessions=8, per_session=30)
+    oracle = Oracle.of(all_lines(corpus))
+    prices = PriceTable.load()
+
+    memory_db = tmp_path / "memory" / "usage.sqlite3"
+    memory = await Store.open(memory_db, prices)
+    await feed_in_bulk(memory, tmp_path / "files-a", corpus, seed=7)
+    assert memory._loaded is not None  # the path under test: rows kept in memory
+    async with memory._db.execute("PRAGMA cache_size") as cur:
+        assert await cur.fetchone() == (-store_module.BULK_CACHE_KIB,)
+    assert await memory.settle() is True
+    async with memory._db.execute("PRAGMA cache_size") as cur:
+        assert await cur.fetchone() == (-2000,)  # the bulk load's page cache is given back
+    await memory.close()
+
+    table_db = tmp_path / "table" / "usage.sqlite3"
+    crashed = await Store.open(table_db, prices)
+    await feed_in_bulk(crashed, tmp_path / "files-b", corpus, seed=7)
+    await crashed.close()  # no settle: the reopened store reads the table back
+    assert meta(table_db, "dirty") == "1"
+    reopened = await Store.open(table_db, prices)
+    await reopened.close()
+
+    assert meta(memory_db, "dirty") == meta(table_db, "dirty") == "0"
+    with connect(memory_db) as con:
+        replays = con.execute("SELECT count(*) FROM responses WHERE counted = 0").fetchone()[0]
+    assert replays == replay_count(corpus) > 0
+    assert exact_tables(memory_db) == exact_tables(table_db)
+    assert_matches_oracle(memory_db, oracle)
+
+
+def replay_count(corpus: dict[str, list[Line]]) -> int:
+    """Deduplicated responses that `Oracle` does not keep: the sidechain replays."""
+    keys = {row["key"] for line in all_lines(corpus) for row in Oracle.of([line]).kept}
+    return len(keys) - Oracle.of(all_lines(corpus)).entries()
+
+
+async def test_bulk_load_onto_a_filled_table_reads_the_table_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk batch after earlier responses keeps no rows in memory; totals stay exact."""
+    corpus = make_corpus(seed=43, sessions=6, per_session=20)
+    root = tmp_path / "files"
+    for name, lines in corpus.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(encode_lines(lines))
+    names = sorted(corpus)
+    store = await Store.open(tmp_path / "usage.sqlite3", PriceTable.load())
+    feeder = Feeder(store, root)
+    await feeder.apply(names[0])  # small: the incremental path
+    monkeypatch.setattr(store_module, "BULK_THRESHOLD", 10)
+    await feeder.apply(*names[1:])
+    assert meta(tmp_path / "usage.sqlite3", "dirty") == "1"
+    assert store._loaded is None
+    assert await store.settle() is True
+    await store.close()
+    assert_matches_oracle(tmp_path / "usage.sqlite3", Oracle.of(all_lines(corpus)))
+
+
+async def test_bulk_load_larger_than_the_memory_limit_reads_the_table_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past LOADED_ROWS the rows in memory are dropped; the settle reads the table and
+    still gives the oracle's totals."""
+    monkeypatch.setattr(store_module, "BULK_THRESHOLD", 10)
+    monkeypatch.setattr(store_module, "LOADED_ROWS", 50)
+    corpus = make_corpus(seed=47, sessions=6, per_session=20)
+    db = tmp_path / "usage.sqlite3"
+    store = await Store.open(db, PriceTable.load())
+    await feed_in_bulk(store, tmp_path / "files", corpus, seed=3)
+    assert store._loaded is None
+    assert await store.settle() is True
+    await store.close()
+    assert_matches_oracle(db, Oracle.of(all_lines(corpus)))
+
+
+async def test_failed_bulk_batch_drops_the_rows_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk batch that rolls back leaves the memory copy incomplete: settle reads the
+    table instead, and the retried batch is counted exactly once."""
+    monkeypatch.setattr(store_module, "BULK_THRESHOLD", 10)
+    corpus = make_corpus(seed=45, sessions=6, per_session=20)
+    root = tmp_path / "files"
+    for name, lines in corpus.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(encode_lines(lines))
+    names = sorted(corpus)
+    half = len(names) // 2
+    db = tmp_path / "usage.sqlite3"
+    store = await Store.open(db, PriceTable.load())
+    feeder = Feeder(store, root)
+    await feeder.apply(*names[:half])
+    assert store._loaded is not None
+
+    async def disk_full(self: Store, name: str, delta: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(Store, "_bump_counter", disk_full)
+        with pytest.raises(OSError):
+            await feeder.apply(*names[half:])
+    assert store._loaded is None
+    await feeder.apply(*names[half:])
+    assert await store.settle() is True
+    await store.close()
+    assert_matches_oracle(db, Oracle.of(all_lines(corpus)))
 
 
 # -- restarts and crashes ------------------------------------------------------------------
