@@ -236,16 +236,12 @@ def _run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"claude-usaged: {exc}", file=sys.stderr)
         return EXIT_STARTUP
-    # read transcripts in the background while the rest of the daemon is imported
-    from claude_usaged.prefetch import Prefetch
-
-    prefetch = Prefetch(settings.claude_dirs, settings.db).start()
     from claude_usaged.daemon import Daemon, StartupError
     from claude_usaged.log import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
     try:
-        asyncio.run(Daemon(settings, prefetch).run())
+        asyncio.run(Daemon(settings).run())
     except StartupError as exc:
         print(f"claude-usaged: {exc}", file=sys.stderr)
         return EXIT_STARTUP

@@ -26,7 +26,6 @@ from claude_usaged.forwarder import Forwarder
 from claude_usaged.ingest import Ingest
 from claude_usaged.instance import AlreadyRunning, InstanceLock
 from claude_usaged.paths import address_file
-from claude_usaged.prefetch import Prefetch
 from claude_usaged.pricing import PriceFileError, PriceTable
 from claude_usaged.settings import Settings
 from claude_usaged.stats import ReadModel
@@ -163,9 +162,8 @@ def _loopback_of(host: str) -> str:
 class Daemon:
     """The running daemon; `await Daemon(settings).run()` until stopped."""
 
-    def __init__(self, settings: Settings, prefetch: Prefetch | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._prefetch = prefetch
         self.stop_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._store: Store | None = None
@@ -202,7 +200,7 @@ class Daemon:
         except OSError as exc:  # the team directory beside the database
             raise StartupError(f"cannot create the team databases: {exc}") from None
         store = self._store
-        ingest = Ingest(store, s.claude_dirs, self._prefetch)
+        ingest = Ingest(store, s.claude_dirs)
         await ingest.start()
         self.forwarder = forwarder_for(s, store)
         if self.forwarder is not None:
@@ -278,8 +276,6 @@ class Daemon:
             self._tasks.append(asyncio.create_task(_watchdog(interval), name="watchdog"))
 
     async def shutdown(self) -> None:
-        if self._prefetch is not None:
-            self._prefetch.cancel()  # a no-op once the first catch-up has used it
         for task in reversed(self._tasks):
             task.cancel()
         for task in self._tasks:

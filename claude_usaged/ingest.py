@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from claude_usaged.prefetch import Prefetch
 from claude_usaged.reading import ReadOutcome, read_all
 from claude_usaged.scan import changed_paths
 from claude_usaged.store import Store
@@ -49,11 +48,8 @@ class IngestState:
 class Ingest:
     """Reads changed transcripts and applies them to the store, one batch at a time."""
 
-    def __init__(
-        self, store: Store, roots: Sequence[Path], prefetch: Prefetch | None = None
-    ) -> None:
+    def __init__(self, store: Store, roots: Sequence[Path]) -> None:
         self.store = store
-        self._prefetch = prefetch
         self.roots = list(roots)
         self.state = IngestState()
         self.cursors: dict[str, Cursor] = {}
@@ -62,7 +58,6 @@ class Ingest:
         self._wake = asyncio.Event()
         self._waiters: list[asyncio.Future[None]] = []
         self._failing: dict[str, str] = {}
-        self._prefetched: Prefetch | None = None
         self.listeners: list[Callable[[list[UsageRecord]], None]] = []
         self.lines = 0
         self.skipped_lines = 0
@@ -101,8 +96,6 @@ class Ingest:
             waiters, self._waiters = self._waiters, []
             started, bytes_before = time.monotonic(), self.state.bytes_read
             try:
-                if rescan and await self._use_prefetch():
-                    await self._process_prefetched()
                 if rescan:
                     paths |= set(await asyncio.to_thread(self._changed_paths))
                     self.state.last_scan_at = time.time()
@@ -132,35 +125,11 @@ class Ingest:
     def _changed_paths(self) -> list[str]:
         return changed_paths(self.roots, self.cursors, self._failing)
 
-    async def _use_prefetch(self) -> bool:
-        """Whether the first rescan can take the prefetch's outcomes (once only)."""
-        prefetch, self._prefetch = self._prefetch, None
-        if prefetch is None:
-            return False
-        if await asyncio.to_thread(prefetch.matches, self.cursors):
-            self._prefetched = prefetch
-            return True
-        prefetch.cancel()  # the database changed under it: read the files here
-        log.info("ingest.prefetch_dropped", reason="cursors changed before the daemon started")
-        return False
-
-    async def _process_prefetched(self) -> None:
-        prefetch, self._prefetched = self._prefetched, None
-        assert prefetch is not None
-        # what the prefetch read is now up to date; the rescan below finds only later changes
-        await self._process(prefetch.paths, prefetch.outcomes())
-
-    async def _process(
-        self,
-        paths: Sequence[str],
-        outcomes: AsyncIterator[tuple[str, ReadOutcome]] | None = None,
-    ) -> None:
+    async def _process(self, paths: Sequence[str]) -> None:
         batch: list[TailResult] = []
         held = done = 0
         next_report = time.monotonic() + PROGRESS_EVERY
-        if outcomes is None:
-            outcomes = read_all(paths, self.cursors)
-        async for path, outcome in outcomes:
+        async for path, outcome in read_all(paths, self.cursors):
             done += 1
             if time.monotonic() >= next_report:
                 next_report += PROGRESS_EVERY

@@ -1,7 +1,4 @@
-"""Which transcripts exist, and which changed since their cursors (a rescan's stat pass).
-
-Standard library only: `run` uses it before its heavy imports (see prefetch.py).
-"""
+"""Which transcripts exist, and which changed since their cursors (a rescan's stat pass)."""
 
 from __future__ import annotations
 
