@@ -52,10 +52,6 @@ LOADED_ROWS = 200_000
 """At most this many rows of a bulk load are kept in memory (~230 bytes each);
 a larger history settles from the table, as before."""
 
-BULK_CACHE_KIB = 8 << 10
-"""Page cache while a bulk load runs (SQLite's default is 2000 KiB): enough for the
-primary key's index of ~50k responses, whose random inserts otherwise miss the
-cache and spill pages mid-transaction. `settle` gives it back."""
 
 _IN_CHUNK = 500
 REBUILD_CHUNK = 20_000
@@ -332,7 +328,6 @@ class Store:
             if len(best) > BULK_THRESHOLD or dirty:
                 if not dirty:
                     self._loaded = {} if await self._responses_empty() else None
-                    await db.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
                     for name in RESPONSE_INDEXES:
                         await db.execute(f"DROP INDEX IF EXISTS {name}")
                     await self._set_meta("dirty", "1")
@@ -500,7 +495,6 @@ class Store:
             await db.execute("ROLLBACK")
             raise
         finally:
-            await db.execute("PRAGMA cache_size = -2000")
             await db.execute("PRAGMA shrink_memory")
         self.generation += 1
         return True

@@ -22,7 +22,9 @@ from claude_usaged.usage import dedupe
 
 HEAD_BYTES = 1024
 TAIL_BYTES = 32
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 512 << 10
+"""Bytes read at a time: two reader threads' chunks and carries stay a few MB (the
+daemon's peak RSS target is 100 MB), and the C scanner still runs without the GIL."""
 _USAGE_KEY = b'"usage"'
 MAX_LINE_BYTES = 32 << 20
 """A line longer than this is skipped (logged and counted), never buffered whole."""
@@ -146,6 +148,12 @@ def _replace_stat(cursor: Cursor, st: os.stat_result) -> Cursor:
     )
 
 
+def _dropped(carry: bytearray) -> tuple[bool, bytes]:
+    """For a partial line that outgrew max_line: whether it holds the usage key, and its
+    last bytes (a key cut by the next chunk edge is still found)."""
+    return _USAGE_KEY in carry, bytes(carry[-len(_USAGE_KEY) :])
+
+
 def _consume(
     fd: int,
     start: int,
@@ -157,7 +165,7 @@ def _consume(
 ) -> int:
     """Parse complete lines from `start`; return the offset after the last one."""
     pos = start
-    carry = b""
+    carry = bytearray()  # a partial line: grows by appending, not by copying itself
     skipping = False  # inside a line longer than max_line: drop bytes to its \n
     seen = b""  # the last bytes dropped, so a key cut by a chunk edge is still found
     had_usage = False  # whether the dropped line could have held a response
@@ -186,14 +194,15 @@ def _consume(
         if last_nl == -1:
             carry += chunk
             if len(carry) > max_line:
-                skipping, had_usage, seen = True, _USAGE_KEY in carry, carry[-len(_USAGE_KEY) :]
-                carry = b""
+                skipping, (had_usage, seen) = True, _dropped(carry)
+                carry = bytearray()
             continue
-        buf = carry + chunk[: last_nl + 1] if carry else chunk[: last_nl + 1]
-        carry = chunk[last_nl + 1 :]
+        # the scanner takes bytes (immutable while it runs without the GIL)
+        buf = bytes(carry) + chunk[: last_nl + 1] if carry else chunk[: last_nl + 1]
+        carry = bytearray(chunk[last_nl + 1 :])
         result.parsed.merge(parse_lines(buf, session, project, intern, max_line))
         committed = pos - len(carry)
         if len(carry) > max_line:
-            skipping, had_usage, seen = True, _USAGE_KEY in carry, carry[-len(_USAGE_KEY) :]
-            carry = b""
+            skipping, (had_usage, seen) = True, _dropped(carry)
+            carry = bytearray()
     return committed
