@@ -446,3 +446,26 @@ async def test_client_commands_take_machine_and_list_machines(
     proc = await cli("machines", "--db", str(running.db))
     assert proc.returncode == 2
     assert "not a team server" in proc.stderr and "--accept-forwarded" in proc.stderr
+
+
+async def test_the_setup_guides_cron_variables_sync_into_a_team_server(
+    team: RunningDaemon, tmp_path: Path
+) -> None:
+    """`sync --once` with CLAUDE_USAGE_API_URL/_TOKEN posts to the agent-sync path of a
+    team server, which counts it; the guide's success line is printed."""
+    from test_sync_once import sync
+
+    laptop = tmp_path / "cron-laptop"
+    expected = history(laptop / "projects")
+    done = await sync(
+        laptop,
+        tmp_path / "cron" / "usage.sqlite3",
+        CLAUDE_USAGE_API_URL=team.url,
+        CLAUDE_USAGE_API_TOKEN=TOKEN,
+    )
+    assert (done.code, done.out, done.err) == (
+        0,
+        "✓ Sync successful: Synced 2 projects, 2 sessions, 4 snapshots\n",  # replay not sent
+        "",
+    )
+    assert (await team.get("/stats"))["total_tokens"] == expected
