@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import structlog
 from aiohttp import web
 
 from claude_usaged import __version__
@@ -23,6 +24,8 @@ from claude_usaged.received import BadPayload
 from claude_usaged.stats import ReadModel, iso
 from claude_usaged.team import ALL, Team
 from claude_usaged.watcher import Watcher
+
+log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -255,22 +258,36 @@ def _idempotency_key(request: web.Request) -> str | None:
     return raw[:200] or None
 
 
+def _log_refusal(request: web.Request, status: int, reason: str) -> None:
+    """One line on the team server too: its admin sees which sender is misconfigured."""
+    log.warning(
+        "team.refused", status=status, reason=reason[:300], remote=request.remote, path=request.path
+    )
+
+
 async def ingest_forwarded(request: web.Request) -> web.Response:
     """`POST /v1/ingest`: one batch from a forwarding daemon (payload version 1)."""
     ctx = request.app[CONTEXT]
     assert ctx.team is not None  # only routed on a team server
     if not _authorized(request, ctx.ingest_token):
+        reason = "missing or wrong ingest token (Authorization: Bearer ...)"
+        _log_refusal(request, 401, reason)
         return web.json_response(
-            {"error": "missing or wrong ingest token (Authorization: Bearer ...)"},
+            {"error": reason},
             status=401,
             headers={"WWW-Authenticate": 'Bearer realm="claude-usaged"'},
         )
-    if (request.content_length or 0) > MAX_INGEST_BYTES:
-        raise web.HTTPRequestEntityTooLarge(MAX_INGEST_BYTES, request.content_length or 0)
-    body = await request.read()  # over client_max_size: 413
+    try:
+        if (request.content_length or 0) > MAX_INGEST_BYTES:
+            raise web.HTTPRequestEntityTooLarge(MAX_INGEST_BYTES, request.content_length or 0)
+        body = await request.read()  # over client_max_size: 413
+    except web.HTTPRequestEntityTooLarge:
+        _log_refusal(request, 413, f"body over {MAX_INGEST_BYTES} bytes")
+        raise
     try:
         answer = await ctx.team.receive(body, _idempotency_key(request))
     except BadPayload as exc:
+        _log_refusal(request, exc.status, exc.reason)
         return _json({"error": exc.reason}, status=exc.status)
     response = _json(answer.body, status=answer.status)
     if answer.replayed:

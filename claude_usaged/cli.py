@@ -93,11 +93,12 @@ def _add_settings_arguments(run: argparse.ArgumentParser) -> None:
 def _add_client_arguments(cmd: argparse.ArgumentParser, *, dates: str = "") -> None:
     where = cmd.add_mutually_exclusive_group()
     where.add_argument("--url", help="the daemon's address (default: from its address file)")
-    where.add_argument(
-        "--offline",
-        action="store_true",
-        help="no daemon: read the transcripts into a temporary database and answer from it",
-    )
+    if dates != "machines":  # only a team server knows other machines: nothing to read offline
+        where.add_argument(
+            "--offline",
+            action="store_true",
+            help="no daemon: read the transcripts into a temporary database and answer from it",
+        )
     cmd.add_argument("--db", metavar="PATH", help="find the daemon of this database")
     cmd.add_argument(
         "--config", metavar="FILE", help="settings file for --offline (roots, zone, prices)"
@@ -124,7 +125,7 @@ def _add_client_arguments(cmd: argparse.ArgumentParser, *, dates: str = "") -> N
             help="blocks that start before this time, given as --since "
             "(a date includes that whole UTC day)",
         )
-    elif dates:
+    elif dates == "daily":
         cmd.add_argument(
             "--since", metavar="DATE", help="from this day (YYYY-MM-DD or YYYYMMDD), in --tz"
         )
@@ -309,7 +310,7 @@ def _client(args: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
     try:
-        if args.offline:
+        if getattr(args, "offline", False):
             text = _offline_text(args)
         else:
             config = str(args.config) if getattr(args, "config", None) else None

@@ -82,6 +82,14 @@ class Settings(BaseModel):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
+    @field_validator("forward_token", "ingest_token")
+    @classmethod
+    def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        # an empty token would authenticate nobody, or let anybody in
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty (leave it unset for no token)")
+        return value
+
     @field_validator("tz")
     @classmethod
     def _known_zone(cls, value: str) -> str:

@@ -168,7 +168,9 @@ async def test_machines_are_counted_apart_and_together(team: RunningDaemon) -> N
     assert MACHINE in unknown["error"] and OTHER in unknown["error"]
 
 
-async def test_bad_bodies_and_tokens_change_nothing(team: RunningDaemon) -> None:
+async def test_bad_bodies_and_tokens_change_nothing(
+    team: RunningDaemon, logs: list[dict[str, Any]]
+) -> None:
     await post(team, body([snap("keep", T0, 5, 5)]), key="good")
     good = json.loads(body([snap("m9", T0, 1, 1)]))
 
@@ -190,7 +192,7 @@ async def test_bad_bodies_and_tokens_change_nothing(team: RunningDaemon) -> None
         (variant(["snapshots", 0, "is_sidechain"], "no"), {}, 422, "is_sidechain"),
         (json.dumps({**good, "snapshots": [{"key": "x"}]}).encode(), {}, 422, "snapshots[0]"),
         (json.dumps(good).encode(), {"token": None}, 401, "token"),
-        (json.dumps(good).encode(), {"token": "wrong"}, 401, "token"),
+        (json.dumps(good).encode(), {"token": "not-the-token-9f3e"}, 401, "token"),
         (b"[" + b" " * (11 * 1024 * 1024) + b"]", {}, 413, "Too Large"),
     ]
     for data, kwargs, expected, words in cases:
@@ -200,6 +202,11 @@ async def test_bad_bodies_and_tokens_change_nothing(team: RunningDaemon) -> None
     assert stats["total_tokens"] == 10
     machines = (await team.get("/machines"))["machines"]
     assert [(m["machine_id"], m["batches"], m["responses"]) for m in machines] == [(MACHINE, 1, 1)]
+    # each refusal is one warning on the server too, never with the token
+    refused = [e for e in logs if e["event"] == "team.refused"]
+    assert [e["status"] for e in refused] == [expected for _d, _k, expected, _w in cases]
+    assert all(e["log_level"] == "warning" and e["remote"] == "127.0.0.1" for e in refused)
+    assert "not-the-token-9f3e" not in json.dumps(refused) and TOKEN not in json.dumps(refused)
 
 
 async def test_the_setup_guides_webhook_path_takes_the_same_batches(team: RunningDaemon) -> None:
@@ -445,6 +452,8 @@ async def test_client_commands_take_machine_and_list_machines(
     lines = proc.stdout.splitlines()
     assert any(MACHINE in line and "laptop" in line and "1,234,005" in line for line in lines)
     assert any(OTHER in line and "desktop-with-a-long-name" in line for line in lines)
+    proc = await cli("machines", "--since", "2026-11-01", "--db", str(team.db))
+    assert proc.returncode == 2 and "unrecognized arguments: --since" in proc.stderr
     proc = await cli("machines", "--db", str(running.db))
     assert proc.returncode == 2
     assert "not a team server" in proc.stderr and "--accept-forwarded" in proc.stderr
@@ -471,3 +480,16 @@ async def test_the_setup_guides_cron_variables_sync_into_a_team_server(
         "",
     )
     assert (await team.get("/stats"))["total_tokens"] == expected
+
+
+@pytest.mark.parametrize("name", ["ingest_token", "forward_token"])
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_token_is_a_bad_setting(tmp_path: Path, name: str, blank: str) -> None:
+    """An empty token would let anybody in (or authenticate nobody): refused, from any source."""
+    from claude_usaged.settings import SettingsError, load_settings
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'{name} = "{blank}"\n')
+    for flags in ({name: blank}, {"config": str(config)}):
+        with pytest.raises(SettingsError, match=f"bad setting {name} .*must not be empty"):
+            load_settings({"accept_forwarded": True, "host": "0.0.0.0", **flags}, env={})
