@@ -14,6 +14,7 @@ import errno
 import ipaddress
 import json
 import os
+import resource
 import signal
 import sys
 import time
@@ -128,6 +129,24 @@ def limit_malloc_arenas() -> None:
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
+OPEN_FILES = 65_536
+
+
+def raise_open_files_limit(want: int = OPEN_FILES) -> int:
+    """Lift the soft limit on open files toward the hard one; returns the soft limit.
+
+    A team server keeps two connections (and their WAL files) per machine open:
+    the common default of 1,024 would run out at about 150 machines.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+    return soft
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -213,6 +232,7 @@ class Daemon:
         try:
             self._store = await Store.open(s.db, prices, forward_to=forward_target(s))
             if s.accept_forwarded:
+                raise_open_files_limit()
                 self._team = await Team.open(s.db, prices, s.zone)
         except StoreError as exc:
             raise StartupError(str(exc)) from None

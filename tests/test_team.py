@@ -493,3 +493,19 @@ def test_a_blank_token_is_a_bad_setting(tmp_path: Path, name: str, blank: str) -
     for flags in ({name: blank}, {"config": str(config)}):
         with pytest.raises(SettingsError, match=f"bad setting {name} .*must not be empty"):
             load_settings({"accept_forwarded": True, "host": "0.0.0.0", **flags}, env={})
+
+
+def test_a_team_server_lifts_its_open_files_limit() -> None:
+    """Two connections per machine: the soft limit goes up to the hard one (at most 65,536)."""
+    import resource
+
+    from claude_usaged.daemon import raise_open_files_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        expected = 65_536 if hard == resource.RLIM_INFINITY else min(65_536, hard)
+        assert raise_open_files_limit() == expected
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (expected, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
