@@ -31,7 +31,7 @@
  *     usage.cache_creation, usage.server_tool_use): a key with an escape
  *     (it could spell one of ours), a key of ours seen twice (msgspec keeps
  *     the last; we do not try), a value of an unexpected type, a count that
- *     is not a plain non-negative integer of at most 18 digits (no '-', no
+ *     is not a plain non-negative integer up to MAX_COUNT (no '-', no
  *     fraction or exponent), an escape in type, message.model or timestamp
  *     (compared as raw bytes); escapes in the other strings we keep (Windows
  *     paths in cwd: "C:\\Users...") are decoded exactly as JSON says;
@@ -67,7 +67,8 @@ static int use_avx2;
  * getting the GIL back from a busy thread can take a switch interval (5 ms).
  */
 #define RELEASE_GIL_BYTES (256 * 1024)
-#define MAX_COUNT_DIGITS 18 /* < 2**63 whatever the digits, and sums of two stay in range */
+#define MAX_COUNT_DIGITS 11 /* enough for MAX_COUNT; more digits are declined at once */
+#define MAX_COUNT 10000000000LL /* parser.MAX_COUNT: above it Python says invalid_fields */
 
 /* ---- phase 1 (no GIL): what one line holds -------------------------------- */
 
@@ -487,6 +488,8 @@ read_count(Cursor *c, int64_t *out)
     }
     if (c->p < c->end && (*c->p == '.' || *c->p == 'e' || *c->p == 'E' || is_digit(c)))
         return 0; /* a float (invalid_fields in Python) or a leading zero */
+    if (v > MAX_COUNT)
+        return 0; /* absurd: Python says invalid_fields */
     *out = v;
     return 1;
 }

@@ -9,6 +9,7 @@ cursor, so a missed event delays a count but never loses it.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ log = structlog.get_logger(__name__)
 
 PROGRESS_EVERY = 2.0
 """Seconds between progress lines while a long catch-up runs."""
+
+DATA_ERRORS = (UnicodeError, OverflowError, ValueError, TypeError, sqlite3.InterfaceError)
+"""What binding a value raises: the data is at fault, not the database (disk full and
+locked are sqlite3.OperationalError, which the supervisor retries)."""
 
 BATCH_RECORDS = 20_000
 """Records held in memory before they are written (bounds RSS on big histories)."""
@@ -58,6 +63,9 @@ class Ingest:
         self._wake = asyncio.Event()
         self._waiters: list[asyncio.Future[None]] = []
         self._failing: dict[str, str] = {}
+        """Files that could not be read (permission denied...), with the reason."""
+        self._refused: dict[str, str] = {}
+        """Files whose data the store refused, with the error."""
         self.listeners: list[Callable[[list[UsageRecord]], None]] = []
         self.lines = 0
         self.skipped_lines = 0
@@ -123,7 +131,7 @@ class Ingest:
                     waiter.set_result(None)
 
     def _changed_paths(self) -> list[str]:
-        return changed_paths(self.roots, self.cursors, self._failing)
+        return changed_paths(self.roots, self.cursors, self._failing.keys() | self._refused.keys())
 
     async def _process(self, paths: Sequence[str]) -> None:
         batch: list[TailResult] = []
@@ -150,6 +158,18 @@ class Ingest:
         if batch:
             await self._apply(batch)
 
+    def _unstorable(self, path: str, exc: Exception) -> None:
+        """A file whose data the store refused: logged once, retried at every rescan
+        (its cursor stays where it was), and counted in `unreadable_files` meanwhile."""
+        error = f"{type(exc).__name__}: {exc}"
+        if self._refused.get(path) != error:
+            log.error("file.unstorable", path=path, error=error)
+        self._refused[path] = error
+        self._count_unreadable()
+
+    def _count_unreadable(self) -> None:
+        self.state.unreadable = len(self._failing.keys() | self._refused.keys())
+
     def _checked(self, path: str, outcome: ReadOutcome) -> TailResult | None:
         """Log what a read met; None when there is nothing to apply."""
         if isinstance(outcome, FileNotFoundError):
@@ -161,12 +181,12 @@ class Ingest:
                     "file.unreadable", path=path, error=outcome.strerror, errno=outcome.errno
                 )
             self._failing[path] = outcome.strerror or str(outcome)
-            self.state.unreadable = len(self._failing)
+            self._count_unreadable()
             return None
         result = outcome
         if self._failing.pop(path, None) is not None:
             log.info("file.readable_again", path=path)
-            self.state.unreadable = len(self._failing)
+            self._count_unreadable()
         if result.restarted:
             log.info("file.reread", path=path, reason=result.restarted)
         if result.parsed.skipped:
@@ -179,7 +199,21 @@ class Ingest:
         return result
 
     async def _apply(self, batch: list[TailResult]) -> None:
-        outcome = await self.store.apply(batch)
+        try:
+            outcome = await self.store.apply(batch)
+        except DATA_ERRORS as exc:
+            # a value SQLite cannot take (not a database problem, which the supervisor
+            # retries): find the file that holds it and keep the rest
+            if len(batch) > 1:
+                for result in batch:
+                    await self._apply([result])
+                return
+            self._unstorable(batch[0].path, exc)
+            return
+        for result in batch:
+            if self._refused.pop(result.path, None) is not None:
+                log.info("file.stored_again", path=result.path)
+                self._count_unreadable()
         self.lines += outcome.lines
         self.skipped_lines += outcome.skipped
         for result in batch:

@@ -31,8 +31,12 @@ UNKNOWN_MODEL = "unknown"
 """The model of a response whose line names none."""
 
 
-Count = Annotated[int, msgspec.Meta(ge=0)]
-"""A token count: negative numbers make the line invalid rather than subtract."""
+MAX_COUNT = 10_000_000_000
+"""No response holds ten billion tokens; a larger count is corrupt, and sums of
+such counts would overflow SQLite's 64-bit integers (the C scanner declines it too)."""
+
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+"""A token count: negative or absurd numbers make the line invalid rather than count."""
 
 
 class _CacheCreation(msgspec.Struct):

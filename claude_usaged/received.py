@@ -14,10 +14,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from claude_usaged.parser import parse_timestamp_ms
+from claude_usaged.parser import Count, parse_timestamp_ms
 from claude_usaged.usage import UsageRecord
 
-Count = Annotated[int, msgspec.Meta(ge=0)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
 MachineId = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$")]
 

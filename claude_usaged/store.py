@@ -181,9 +181,19 @@ def _response_row(r: UsageRecord) -> tuple[Any, ...]:
     )
 
 
+def _stored_path(path: str) -> str | bytes:
+    """A path as the cursors table keeps it: text, or the raw bytes of a file name
+    that is not UTF-8 (SQLite text must be; `os.fsdecode` gives the same str back)."""
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
 def _cursor_row(c: Cursor) -> tuple[Any, ...]:
     return (
-        c.path,
+        _stored_path(c.path),
         c.dev,
         c.ino,
         c.offset,
@@ -300,7 +310,9 @@ class Store:
             "SELECT path, dev, ino, offset, head_len, head_hash, tail_hash, size, mtime_ns "
             "FROM cursors"
         ) as cur:
-            return {row[0]: Cursor(*row) for row in await cur.fetchall()}
+            rows = await cur.fetchall()
+        cursors = (Cursor(os.fsdecode(row[0]), *row[1:]) for row in rows)
+        return {c.path: c for c in cursors}
 
     async def counters(self) -> dict[str, int]:
         async with self._db.execute(

@@ -85,8 +85,16 @@ def _fallbacks(path: str) -> tuple[str, str]:
     parts = p.parts
     if "subagents" in parts:
         i = len(parts) - 1 - parts[::-1].index("subagents")
-        return parts[i - 1], parts[i - 2] if i >= 2 else p.parent.name
-    return p.stem, p.parent.name
+        session, project = parts[i - 1], parts[i - 2] if i >= 2 else p.parent.name
+    else:
+        session, project = p.stem, p.parent.name
+    return _printable(session), _printable(project)
+
+
+def _printable(name: str) -> str:
+    """A file name's text, with bytes that are not UTF-8 shown as U+FFFD (they could
+    not be stored, sent as JSON to a receiver, or shown)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def read_new(

@@ -333,7 +333,8 @@ def generated_line(rng: random.Random) -> bytes:
             if key in GOOD:
                 return GOOD[key]
             if key.endswith((b"tokens", b"requests")):
-                return str(rng.choice([0, 1, 7, 4096, 10**17, 10**18 - 1])).encode()
+                values = [0, 1, 7, 4096, 10**10, 10**10 + 1, 10**17, 10**18 - 1, 10**30]
+                return str(rng.choice(values)).encode()
         return rng.choice(SCALARS)
 
     def obj(keys: list[bytes], depth: int) -> bytes:

@@ -550,3 +550,25 @@ def test_a_line_nested_deeper_than_the_decoder_goes_is_skipped_not_raised() -> N
     result = parse_lines(f"{bad}\n{good}\n".encode(), "s", "p")
     assert [r.key for r in result.records] == ["m1:r1"]
     assert (result.lines, dict(result.skipped)) == (2, {"too_deep": 1})
+
+
+@pytest.mark.parametrize("pure", [True, False])
+def test_an_absurd_token_count_makes_the_line_invalid(pure: bool) -> None:
+    """Up to ten billion a count is taken; above it the line is corrupt (and its sums would
+    overflow SQLite's integers), on the C path and the Python one alike."""
+    from claude_usaged import fastpath
+    from claude_usaged.parser import MAX_COUNT
+
+    lines = [
+        dumps(assistant("m1", "r1", "2025-11-24T10:00:00.000Z", input_tokens=MAX_COUNT)),
+        dumps(assistant("m2", "r2", "2025-11-24T10:00:01.000Z", input_tokens=MAX_COUNT + 1)),
+        dumps(assistant("m3", "r3", "2025-11-24T10:00:02.000Z", output_tokens=10**30)),
+    ]
+    was = fastpath.enabled()
+    fastpath.set_enabled(not pure and fastpath.available())
+    try:
+        result = parse_lines(("\n".join(lines) + "\n").encode(), "s", "p")
+    finally:
+        fastpath.set_enabled(was)
+    assert [(r.key, r.input_tokens) for r in result.records] == [("m1:r1", MAX_COUNT)]
+    assert dict(result.skipped) == {"invalid_fields": 2}

@@ -312,3 +312,57 @@ async def test_a_real_queue_overflow_loses_no_count(tmp_path: Path) -> None:
             await rd.wait_for(lambda s: s["total_tokens"] == 300, timeout=20)
     finally:
         QUEUE_LIMIT.write_text(old)
+
+
+async def test_a_file_name_that_is_not_utf8_is_counted_and_blocks_nothing(tmp_path: Path) -> None:
+    """Such a name cannot be SQLite text: its cursor keeps the raw bytes, its fallback
+    session and project show U+FFFD; it and the files beside it count, once."""
+    root = tmp_path / "claude"
+    folder = root / "projects" / ENC
+    folder.mkdir(parents=True)
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9-\xff.jsonl")
+    no_session = {**line(1, 100), "sessionId": None, "cwd": None}
+    with open(odd, "w") as f:
+        f.write(dumps(no_session) + "\n")
+    write_lines(folder / "plain.jsonl", [line(2, 20)])
+    db = tmp_path / "db" / "usage.sqlite3"
+    async with daemon_on(root, db) as rd:
+        stats = await rd.get("/stats")
+        assert (stats["total_tokens"], stats["ingest"]["files"]) == (120, 2)
+        sessions = {s["session_id"] for s in (await rd.get("/sessions"))["sessions"]}
+        assert "caf\ufffd-\ufffd" in sessions
+        with open(odd, "a") as f:
+            f.write(dumps({**no_session, **line(3, 3), "sessionId": None, "cwd": None}) + "\n")
+        await rd.wait_for(lambda s: s["total_tokens"] == 123)
+    async with daemon_on(root, db) as rd:  # a restart reads nothing again
+        stats = await rd.get("/stats")
+        assert (stats["total_tokens"], stats["ingest"]["lines"]) == (123, 3)
+
+
+async def test_a_file_the_store_refuses_is_set_aside_and_the_rest_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logs: list[dict[str, Any]]
+) -> None:
+    """Data SQLite cannot take (here: a non-UTF-8 file name, as before its fix) must not
+    stop ingest: the batch is split, the one file is logged and retried, the rest counts."""
+    import claude_usaged.tailer as tailer
+
+    monkeypatch.setattr(tailer, "_printable", lambda name: name)  # the bug, back
+    root = tmp_path / "claude"
+    folder = root / "projects" / ENC
+    folder.mkdir(parents=True)
+    odd = os.path.join(os.fsencode(folder), b"\xff.jsonl")
+    with open(odd, "w") as f:
+        f.write(dumps({**line(1, 100), "sessionId": None}) + "\n")
+    for n in range(2, 5):
+        write_lines(folder / f"s{n}.jsonl", [line(n, 10 * n)])
+    async with daemon_on(root, tmp_path / "db" / "usage.sqlite3") as rd:
+        stats = await rd.get("/stats")
+        assert (stats["total_tokens"], stats["ingest"]["unreadable_files"]) == (90, 1)
+        await rd.refresh()  # retried at every rescan, logged once
+        refused = [e for e in logs if e["event"] == "file.unstorable"]
+        assert len(refused) == 1 and "UnicodeEncodeError" in refused[0]["error"]
+        monkeypatch.undo()  # fixed: the next rescan stores it
+        await rd.refresh()
+        stats = await rd.get("/stats")
+        assert (stats["total_tokens"], stats["ingest"]["unreadable_files"]) == (190, 0)
+        assert [e["event"] for e in logs].count("file.stored_again") == 1
