@@ -610,7 +610,8 @@ fast_timestamp(Span s, int64_t *out)
         !digits_at(v, 11, 2, &h) || !digits_at(v, 14, 2, &mi) || !digits_at(v, 17, 2, &se) ||
         !digits_at(v, 20, 3, &ms))
         return 0;
-    if (y < 1900 || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || se > 59)
+    /* parser.MIN_TS_MS..MAX_TS_MS: outside, Python says bad_timestamp */
+    if (y < 1970 || y >= 2200 || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || se > 59)
         return 0;
     int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
     if (d > mdays[mo - 1] + (mo == 2 && leap))

@@ -97,8 +97,26 @@ def _day_ms(date: str) -> int:
     return int(datetime.fromisoformat(date + "T00:00:00+00:00").timestamp()) * 1000
 
 
+MIN_TS_MS = 0
+"""1970-01-01T00:00:00Z (a machine whose clock was reset writes such times)."""
+MAX_TS_MS = 7_258_118_400_000
+"""2200-01-01T00:00:00Z. Outside these a time is corrupt, and days, blocks and local
+times of year 1 or 9999 cannot be computed in every zone (the C scanner agrees)."""
+
+
 def parse_timestamp_ms(value: str) -> int:
-    """ISO-8601 -> epoch milliseconds; fast for Claude Code's own `...T09:14:05.602Z`."""
+    """ISO-8601 -> epoch milliseconds; fast for Claude Code's own `...T09:14:05.602Z`.
+
+    Raises ValueError for a time that is not ISO-8601, has no zone, or lies outside
+    [1970, 2200).
+    """
+    ts = _timestamp_ms(value)
+    if not MIN_TS_MS <= ts < MAX_TS_MS:
+        raise ValueError(f"timestamp out of range (1970 to 2199): {value!r}")
+    return ts
+
+
+def _timestamp_ms(value: str) -> int:
     if len(value) == 24 and value[-1] == "Z" and value[10] == "T" and value[19] == ".":
         try:
             hour, minute, second = int(value[11:13]), int(value[14:16]), int(value[17:19])

@@ -978,3 +978,37 @@ async def test_unknown_paths_and_methods_answer_json(running: RunningDaemon) -> 
     async with running.http.put(running.url + "/stats") as resp:
         assert resp.status == 405
         assert await resp.json() == {"error": "Method Not Allowed", "path": "/stats"}
+
+
+async def test_times_outside_1970_to_2199_are_skipped_and_every_endpoint_answers(
+    running: RunningDaemon,
+) -> None:
+    """Year 1 or 9999 cannot be a day or a block in every zone: such a line is a
+    bad_timestamp, and no endpoint fails for the lines that count (1970 is kept)."""
+    stamps = [
+        "0001-01-01T00:00:00.000Z",
+        "9999-12-31T23:59:59.999Z",
+        "1969-12-31T23:59:59.999Z",
+        "2200-01-01T00:00:00.000Z",
+        "0001-01-01T00:00:00+14:00",
+        "1970-01-01T00:00:00.000Z",
+        "2199-12-31T23:59:59.999Z",
+        "2025-11-20T10:00:00.000Z",
+    ]
+    lines = [assistant(f"m{i}", "r", ts, input_tokens=1) for i, ts in enumerate(stamps)]
+    write_lines(running.projects / "-p" / "s.jsonl", lines)
+    await running.refresh()
+    stats = await running.get("/stats")
+    assert (stats["total_tokens"], stats["ingest"]["skipped_lines"]) == (3, 5)
+    for zone in ("UTC", "Pacific/Kiritimati", "Etc/GMT%2B12", "Asia/Kathmandu"):
+        days = (await running.get(f"/daily?tz={zone}"))["days"]
+        assert sum(d["input_tokens"] for d in days) == 3, zone
+        await running.get(f"/stats?tz={zone}")
+    blocks = (await running.get("/blocks"))["blocks"]
+    assert [b["start"] for b in blocks] == [
+        "1970-01-01T00:00:00Z",
+        "2025-11-20T10:00:00Z",
+        "2199-12-31T23:00:00Z",
+    ]
+    for path in ("/sessions", "/projects"):
+        await running.get(path)
