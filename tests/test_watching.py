@@ -366,3 +366,18 @@ async def test_a_file_the_store_refuses_is_set_aside_and_the_rest_is_counted(
         stats = await rd.get("/stats")
         assert (stats["total_tokens"], stats["ingest"]["unreadable_files"]) == (190, 0)
         assert [e["event"] for e in logs].count("file.stored_again") == 1
+
+
+async def test_a_fifo_named_like_a_transcript_blocks_nothing(tmp_path: Path) -> None:
+    """Opening a FIFO for reading waits for a writer: it is opened without waiting,
+    reported as unreadable, and the real transcripts beside it are counted."""
+    root = tmp_path / "claude"
+    folder = root / "projects" / ENC
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "pipe.jsonl")
+    write_lines(folder / "s1.jsonl", [line(1, 100)])
+    async with daemon_on(root, tmp_path / "db" / "usage.sqlite3") as rd:
+        stats = await rd.get("/stats")
+        assert (stats["total_tokens"], stats["ingest"]["unreadable_files"]) == (100, 1)
+        write_lines(folder / "s2.jsonl", [line(2, 20)])
+        await rd.wait_for(lambda s: s["total_tokens"] == 120)
