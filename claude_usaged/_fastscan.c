@@ -629,6 +629,22 @@ fast_timestamp(Span s, int64_t *out)
  * line's end (its '\n' or the buffer end) when the JSON was well formed,
  * NULL when it was not (the outcome is then OUT_DECLINE).
  */
+/* parser.MAX_ID, MAX_MODEL, MAX_PATH, MAX_TAG, in characters. A raw span is at least as
+ * many bytes as its decoded characters, so a span within the limit is within it for
+ * Python too; a longer one may not be, and is declined. */
+#define MAX_ID 512
+#define MAX_MODEL 255
+#define MAX_PATH 4096
+#define MAX_TAG 64
+
+static int
+too_long(const Line *line)
+{
+    return line->session.n > MAX_ID || line->request.n > MAX_ID || line->msg_id.n > MAX_ID ||
+           line->model.n > MAX_MODEL || line->cwd.n > MAX_PATH || line->speed.n > MAX_TAG ||
+           line->geo.n > MAX_TAG;
+}
+
 static const unsigned char *
 classify(const unsigned char *p, const unsigned char *bound, Line *line)
 {
@@ -640,6 +656,8 @@ classify(const unsigned char *p, const unsigned char *bound, Line *line)
     skip_ws(&c);
     if (c.p != c.end && *c.p != '\n')
         return NULL; /* trailing bytes */
+    if (too_long(line))
+        return c.p; /* maybe over parser.MAX_*: Python decides (invalid_fields) */
     if (line->type.esc || line->model.esc || line->timestamp.esc)
         return c.p; /* compared below as raw bytes: decline rather than decode */
     if (!SPAN_IS(line->type, "assistant") || !line->has_message || !line->has_usage ||

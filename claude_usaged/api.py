@@ -47,6 +47,9 @@ class ApiContext:
     ingest_token: str | None = None
 
 
+MAX_LIMIT = 1 << 31
+"""`?limit=` beyond this means "all" (a larger number cannot be an SQLite integer)."""
+
 MAX_INGEST_BYTES = 10 * 1024 * 1024
 """A forwarded batch is at most 1 MB; a body over 10 MB gets 413 unread."""
 
@@ -114,9 +117,9 @@ def _limit(request: web.Request) -> int | None:
     raw = request.query.get("limit")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise BadParam("limit", f"limit must be a positive whole number, got {raw!r}")
-    return int(raw)
+    return min(int(raw), MAX_LIMIT)  # more than there can be rows (SQLite's are 64-bit)
 
 
 def _read(request: web.Request) -> ReadModel:

@@ -39,6 +39,21 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 """A token count: negative or absurd numbers make the line invalid rather than count."""
 
 
+MAX_ID = 512
+"""Characters of a session, request or message id at most (they are UUID-like)."""
+MAX_MODEL = 255
+MAX_PATH = 4096
+"""A working directory: Linux's PATH_MAX."""
+MAX_TAG = 64
+"""usage.speed and usage.inference_geo."""
+# Longer values are corrupt: the line is invalid_fields, so nothing that is stored can
+# later be refused by a team server (received.py takes exactly these limits).
+Id = Annotated[str, msgspec.Meta(max_length=MAX_ID)]
+Model = Annotated[str, msgspec.Meta(max_length=MAX_MODEL)]
+PathText = Annotated[str, msgspec.Meta(max_length=MAX_PATH)]
+Tag = Annotated[str, msgspec.Meta(max_length=MAX_TAG)]
+
+
 class _CacheCreation(msgspec.Struct):
     ephemeral_5m_input_tokens: Count | None = None
     ephemeral_1h_input_tokens: Count | None = None
@@ -55,23 +70,23 @@ class _Usage(msgspec.Struct):
     cache_read_input_tokens: Count | None = None
     cache_creation: _CacheCreation | None = None
     server_tool_use: _ServerToolUse | None = None
-    speed: str | None = None
-    inference_geo: str | None = None
+    speed: Tag | None = None
+    inference_geo: Tag | None = None
 
 
 class _Message(msgspec.Struct):
-    id: str | None = None
-    model: str | None = None
+    id: Id | None = None
+    model: Model | None = None
     usage: _Usage | None = None
 
 
 class _Line(msgspec.Struct):
     type: str | None = None
     timestamp: str | None = None
-    sessionId: str | None = None
-    requestId: str | None = None
+    sessionId: Id | None = None
+    requestId: Id | None = None
     isSidechain: bool | None = None
-    cwd: str | None = None
+    cwd: PathText | None = None
     message: _Message | None = None
 
 

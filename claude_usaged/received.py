@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from claude_usaged.parser import Count, parse_timestamp_ms
+from claude_usaged.parser import MAX_ID, MAX_MODEL, MAX_PATH, MAX_TAG, Count, parse_timestamp_ms
 from claude_usaged.usage import UsageRecord
 
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
@@ -37,11 +37,15 @@ class Agent(msgspec.Struct, frozen=True):
 
 
 class Snapshot(msgspec.Struct, frozen=True):
-    key: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    """The parser's limits (a sender never stores a longer value), so a snapshot a
+    sender holds is never refused here: one refused snapshot would hold back every
+    later one in its outbox."""
+
+    key: Annotated[str, msgspec.Meta(min_length=1, max_length=2 * MAX_ID + 1)]
     timestamp: Text
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-    session_id: Text
-    project: Text
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MODEL)]
+    session_id: Annotated[str, msgspec.Meta(max_length=MAX_PATH)]
+    project: Annotated[str, msgspec.Meta(max_length=MAX_PATH)]
     is_sidechain: bool
     input_tokens: Count
     output_tokens: Count
@@ -49,10 +53,10 @@ class Snapshot(msgspec.Struct, frozen=True):
     cache_read_tokens: Count
     web_search_requests: Count
     cost_usd: float | None
-    message_id: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] | None = None
+    message_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)] | None = None
     cache_creation_1h_tokens: Count = 0
-    speed: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    inference_geo: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    speed: Annotated[str, msgspec.Meta(max_length=MAX_TAG)] | None = None
+    inference_geo: Annotated[str, msgspec.Meta(max_length=MAX_TAG)] | None = None
 
 
 class Payload(msgspec.Struct, frozen=True):

@@ -778,6 +778,7 @@ async def test_refresh_catches_up_before_answering(running: RunningDaemon, path:
         ("/blocks?limit=-1", "limit"),
         ("/blocks?limit=ten", "limit"),
         ("/blocks?limit=1.5", "limit"),
+        ("/blocks?limit=%EF%BC%95", "limit"),  # a fullwidth 5
         ("/daily?since=2025-11-31", "since"),
         ("/daily?until=tomorrow", "until"),
         ("/daily?since=2025-11-20T10:00:00Z", "since"),
@@ -1012,3 +1013,15 @@ async def test_times_outside_1970_to_2199_are_skipped_and_every_endpoint_answers
     ]
     for path in ("/sessions", "/projects"):
         await running.get(path)
+
+
+async def test_a_limit_larger_than_any_history_means_all(running: RunningDaemon) -> None:
+    """Past 2**63 a number is no SQLite integer: it is taken as "every block", not a 500."""
+    write_lines(
+        running.projects / "-p" / "s.jsonl",
+        [assistant("m1", "r1", "2025-11-20T10:00:00.000Z", input_tokens=1)],
+    )
+    await running.refresh()
+    for limit in ("9223372036854775808", "9" * 40):
+        blocks = (await running.get(f"/blocks?limit={limit}"))["blocks"]
+        assert [b["entries"] for b in blocks] == [1]

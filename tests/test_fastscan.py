@@ -320,6 +320,19 @@ GOOD = {
 }  # fmt: skip
 
 
+LIMITS = {
+    b"sessionId": 512, b"requestId": 512, b"id": 512, b"model": 255, b"cwd": 4096,
+    b"speed": 64, b"inference_geo": 64,
+}  # fmt: skip
+
+
+def long_string(limit: int, rng: random.Random) -> bytes:
+    """A string about `limit` characters long; escapes make its raw bytes longer."""
+    chars = limit + rng.choice([-1, 0, 1])
+    escaped = rng.randrange(0, 4)  # \u00e9 is 6 raw bytes for 1 character
+    return b'"' + b"\\u00e9" * escaped + b"a" * (chars - escaped) + b'"'
+
+
 def generated_line(rng: random.Random) -> bytes:
     """A line built from our keys: mostly plausible values, sometimes odd ones, odd spacing."""
 
@@ -329,6 +342,8 @@ def generated_line(rng: random.Random) -> bytes:
     def value(key: bytes, depth: int) -> bytes:
         if key in STRUCTS and depth < 4 and rng.random() < 0.97:
             return obj(STRUCTS[key], depth + 1)
+        if key in LIMITS and rng.random() < 0.08:
+            return long_string(LIMITS[key], rng)
         if rng.random() < 0.97:
             if key in GOOD:
                 return GOOD[key]

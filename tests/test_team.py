@@ -509,3 +509,35 @@ def test_a_team_server_lifts_its_open_files_limit() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (expected, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_line_with_an_absurd_field_is_skipped_and_holds_back_no_forwarding(
+    tmp_path: Path,
+) -> None:
+    """A 300-character model name is corrupt: the sender skips that line (so it never
+    stores what a team server would refuse) and everything else is delivered."""
+    team_root = tmp_path / "s"
+    (team_root / "projects").mkdir(parents=True)
+    laptop = tmp_path / "l"
+    write_lines(
+        laptop / "projects" / "p" / "s.jsonl",
+        [
+            assistant("m1", "r1", "2025-11-24T10:00:00.000Z", input_tokens=100),
+            assistant(
+                "m2", "r2", "2025-11-24T10:01:00.000Z", input_tokens=200,
+                model="claude-sonnet-4-" + "x" * 300,
+            ),
+            assistant("m3", "r3", "2025-11-24T10:02:00.000Z", input_tokens=400, cwd="/" * 4097),
+            assistant("m4", "r4", "2025-11-24T10:03:00.000Z", input_tokens=800),
+        ],
+    )  # fmt: skip
+    async with daemon_on(
+        team_root, tmp_path / "server.sqlite3", accept_forwarded=True, ingest_token=TOKEN
+    ) as server, daemon_on(
+        laptop, tmp_path / "laptop.sqlite3",
+        forward_url=server.url + "/v1/ingest", forward_token=TOKEN,
+    ) as sender:  # fmt: skip
+        stats = await sender.get("/stats")
+        assert (stats["total_tokens"], stats["ingest"]["skipped_lines"]) == (900, 2)
+        await wait_delivered(sender)
+        assert (await server.get("/stats"))["total_tokens"] == 900
