@@ -10,6 +10,7 @@ names the field, e.g. `Expected int >= 0, got -1 - at $.snapshots[3].input_token
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 
 import msgspec
@@ -70,41 +71,42 @@ class Payload(msgspec.Struct, frozen=True):
 _decoder = msgspec.json.Decoder(Payload)
 
 
-def decode(body: bytes) -> Payload:
-    """The batch in `body`; raises BadPayload (400 or 422) with the reason."""
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A decoded batch and its snapshots as records (times parsed once)."""
+
+    payload: Payload
+    records: list[UsageRecord]
+
+
+def decode(body: bytes) -> Batch:
+    """The batch in `body`; raises BadPayload (400 or 422) with the reason.
+
+    The records' cost is left to the receiver's price table (set when stored), so
+    one team server prices everyone's usage the same way and reprices it when its
+    table changes.
+    """
     try:
         payload = _decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise BadPayload(422, str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BadPayload(400, f"body is not JSON: {exc}") from None
-    for i, snap in enumerate(payload.snapshots):
+    out = []
+    for i, s in enumerate(payload.snapshots):
         try:
-            parse_timestamp_ms(snap.timestamp)
+            ts_ms = parse_timestamp_ms(s.timestamp)
         except ValueError:
             raise BadPayload(
                 422,
-                f"Expected an ISO-8601 time with zone, got {snap.timestamp!r} "
+                f"Expected an ISO-8601 time with zone, got {s.timestamp!r} "
                 f"- at `$.snapshots[{i}].timestamp`",
             ) from None
-    return payload
-
-
-def records(payload: Payload, prefix: str = "") -> list[UsageRecord]:
-    """The snapshots as records; `prefix` keeps keys of different machines apart.
-
-    The cost is left to the receiver's price table (set when stored), so one
-    team server prices everyone's usage the same way and reprices it when its
-    table changes.
-    """
-    out = []
-    for s in payload.snapshots:
-        message_id = s.message_id or s.key
         out.append(
             UsageRecord(
-                key=prefix + s.key,
-                message_id=prefix + message_id,
-                ts_ms=parse_timestamp_ms(s.timestamp),
+                key=s.key,
+                message_id=s.message_id or s.key,
+                ts_ms=ts_ms,
                 model=s.model,
                 session_id=s.session_id,
                 project=s.project,
@@ -119,4 +121,10 @@ def records(payload: Payload, prefix: str = "") -> list[UsageRecord]:
                 inference_geo=s.inference_geo,
             )
         )
-    return out
+    return Batch(payload, out)
+
+
+def prefixed(records: list[UsageRecord], prefix: str) -> list[UsageRecord]:
+    """Copies whose key and message id start with `prefix`: keys of different machines
+    stay apart in a store that holds them all."""
+    return [replace(r, key=prefix + r.key, message_id=prefix + r.message_id) for r in records]

@@ -141,13 +141,14 @@ class Team:
                             "for a different body",
                         )
                     return Answer(status, answer, replayed=True)
-            payload = received.decode(body)
+            batch = received.decode(body)
+            payload = batch.payload
             machine = payload.agent.machine_id
             member = await self._member(machine)
             # two databases, two writer threads: both are written at the same time
             changed, _ = await asyncio.gather(
-                member.apply(received.records(payload)),
-                self.all.apply(received.records(payload, prefix=f"{machine}/")),
+                member.apply(batch.records),
+                self.all.apply(received.prefixed(batch.records, f"{machine}/")),
             )
             answer = {
                 "status": "ok",
@@ -169,15 +170,12 @@ class Team:
         return Answer(200, answer)
 
     async def _receipt(self, key: str) -> tuple[str, int, dict[str, Any]] | None:
-        async def find(db: aiosqlite.Connection) -> tuple[str, int, dict[str, Any]] | None:
-            async with db.execute(
-                "SELECT body_sha256, status, answer FROM team_receipts WHERE idempotency_key = ?",
-                (key,),
-            ) as cur:
-                row = await cur.fetchone()
-            return (str(row[0]), int(row[1]), json.loads(row[2])) if row else None
-
-        return await self.all.store.write(find)
+        # a read: the reader connection sees every receipt committed so far
+        rows = await self.all.read.rows(
+            "SELECT body_sha256, status, answer FROM team_receipts WHERE idempotency_key = ?",
+            (key,),
+        )
+        return (str(rows[0][0]), int(rows[0][1]), json.loads(rows[0][2])) if rows else None
 
     async def _remember(
         self, agent: received.Agent, key: str | None, digest: str, answer: dict[str, Any]
