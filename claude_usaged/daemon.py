@@ -45,10 +45,14 @@ class StartupError(RuntimeError):
     """A part could not start; the message is the one line the user sees."""
 
 
+def http_url(host: str, port: int) -> str:
+    """`http://host:port`, an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def write_address(path: Path, host: str, port: int) -> None:
     """Atomically write where the API listens, for the CLI and tests to find."""
-    shown = f"[{host}]" if ":" in host else host
-    data = {"url": f"http://{shown}:{port}", "host": host, "port": port, "pid": os.getpid()}
+    data = {"url": http_url(host, port), "host": host, "port": port, "pid": os.getpid()}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data) + "\n")
     os.chmod(tmp, 0o600)
@@ -190,11 +194,7 @@ def forwarder_for(settings: Settings, store: Store) -> Forwarder | None:
 
 def _loopback_of(host: str) -> str:
     """An address of this host for a bound one (`0.0.0.0` is not one to connect to)."""
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if ":" in host:
-        return "[::1]" if host == "::" else f"[{host}]"
-    return host
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 class Daemon:
@@ -275,7 +275,7 @@ class Daemon:
         if self._team is not None and self.forwarder is None:
             # the team's view includes this machine's own transcripts: forward them to itself
             self.forwarder = ctx.forwarder = Forwarder(
-                store, f"http://{_loopback_of(host)}:{port}/v1/ingest", ctx.ingest_token
+                store, http_url(_loopback_of(host), port) + "/v1/ingest", ctx.ingest_token
             )
             ingest.listeners.append(self.forwarder.wake)
         self._tasks.append(asyncio.create_task(_supervise_ingest(ingest), name="ingest"))
@@ -295,7 +295,7 @@ class Daemon:
         write_address(address_file(s.db), host, port)
         log.info(
             "daemon.listening",
-            url=f"http://{host}:{port}",
+            url=http_url(host, port),
             db=str(s.db),
             roots=[str(r) for r in s.claude_dirs],
             tz=s.tz,
@@ -305,7 +305,7 @@ class Daemon:
             if not (root / "projects").is_dir():
                 # normal for one of the two default roots; a typo otherwise
                 log.info("root.waiting", path=str(root / "projects"), reason="does not exist yet")
-        url = f"http://{host}:{port}"
+        url = http_url(host, port)
         sdnotify.notify("READY=1", f"STATUS=listening on {url}; catching up")
         self._tasks.append(
             asyncio.create_task(_notify_caught_up(caught_up, ingest, url), name="notify")
