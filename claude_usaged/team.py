@@ -102,7 +102,7 @@ class Team:
         team = cls(root, prices, zone, await Member.open(root / "all.sqlite3", prices, zone))
         for path in sorted((root / "machines").iterdir()):
             if _MACHINE_FILE.match(path.name):
-                team.machines[path.name.split(".")[0]] = await Member.open(path, prices, zone)
+                await team._member(path.name.split(".")[0])
         return team
 
     async def close(self) -> None:
