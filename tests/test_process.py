@@ -103,38 +103,49 @@ def root(tmp_path: Path) -> Path:
     return root
 
 
+def launch(
+    db: Path,
+    root: Path,
+    home: Path,
+    started: list[subprocess.Popen[str]],
+    *args: str,
+    **env: str,
+) -> Proc:
+    """Start `run` on db and root; wait (bounded) until /health says caught up."""
+    popen = subprocess.Popen(
+        command(db, *args),
+        env=clean_env(root, home, **env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started.append(popen)
+    addr = db.with_name(db.name + ".addr")
+
+    def ready() -> str | None:
+        assert popen.poll() is None, popen.communicate()[1]
+        if not addr.exists():
+            return None
+        url = str(json.loads(addr.read_text())["url"])
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as resp:
+                health = json.loads(resp.read())
+        except (urllib.error.URLError, ConnectionError):
+            return None
+        return url if health["caught_up"] else None
+
+    url = poll(ready, STARTUP_TIMEOUT, "the daemon to answer")
+    return Proc(popen, url, db)
+
+
 @pytest.fixture
 def start(tmp_path: Path, root: Path) -> Iterator[Callable[..., Proc]]:
     """Start the daemon process; wait (bounded) for its address file and /health."""
     started: list[subprocess.Popen[str]] = []
 
     def _start(*args: str) -> Proc:
-        db = tmp_path / "data" / "usage.sqlite3"
-        popen = subprocess.Popen(
-            command(db, *args),
-            env=clean_env(root, tmp_path / "home"),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        started.append(popen)
-        addr = db.with_name(db.name + ".addr")
-
-        def ready() -> str | None:
-            assert popen.poll() is None, popen.communicate()[1]
-            if not addr.exists():
-                return None
-            url = str(json.loads(addr.read_text())["url"])
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=1) as resp:
-                    health = json.loads(resp.read())
-            except (urllib.error.URLError, ConnectionError):
-                return None
-            return url if health["caught_up"] else None
-
-        url = poll(ready, STARTUP_TIMEOUT, "the daemon to answer")
-        return Proc(popen, url, db)
+        return launch(tmp_path / "data" / "usage.sqlite3", root, tmp_path / "home", started, *args)
 
     yield _start
     for popen in started:

@@ -386,23 +386,12 @@ def test_two_daemon_processes_forwarding_and_receiving_agree(tmp_path: Path) -> 
     import signal
     import subprocess
 
-    from test_process import Proc, clean_env, command, poll
+    from test_process import Proc, launch
 
     def spawn(name: str, *args: str, **env: str) -> Proc:
         root, db = tmp_path / name / "claude", tmp_path / name / "usage.sqlite3"
         (root / "projects").mkdir(parents=True, exist_ok=True)
-        popen = subprocess.Popen(
-            command(db, *args),
-            env=clean_env(root, tmp_path / "home", **env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(popen)
-        addr = db.with_name(db.name + ".addr")
-        poll(lambda: popen.poll() is None and addr.exists(), 15, f"{name} to listen")
-        return Proc(popen, json.loads(addr.read_text())["url"], db)
+        return launch(db, root, tmp_path / "home", procs, *args, **env)
 
     procs: list[subprocess.Popen[str]] = []
     try:
