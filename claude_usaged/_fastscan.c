@@ -66,7 +66,7 @@ static int use_avx2;
  * Below this size the GIL is kept: a small scan takes microseconds, while
  * getting the GIL back from a busy thread can take a switch interval (5 ms).
  */
-#define RELEASE_GIL_BYTES (256 * 1024)
+#define RELEASE_GIL_BYTES (32 * 1024)
 #define MAX_COUNT_DIGITS 11 /* enough for MAX_COUNT; more digits are declined at once */
 #define MAX_COUNT 10000000000LL /* parser.MAX_COUNT: above it Python says invalid_fields */
 
@@ -88,6 +88,7 @@ typedef struct {
     int has_message, has_usage;
     int64_t input, output, cc_field, cache_read, eph_5m, eph_1h, web_search;
     int64_t ts_ms;
+    int dropped; /* a record that cannot win its key's dedupe (see dedupe_lines) */
 } Line;
 
 typedef struct {
@@ -850,6 +851,166 @@ scan_buffer(const unsigned char *buf, Py_ssize_t len, Py_ssize_t max_line, Scan 
         s->bad = count_bad_lines(buf, len);
 }
 
+/* ---- dedupe (no GIL): drop the records that cannot win their key ---------- */
+
+/*
+ * usage.dedupe keeps, per key, the first record of the smallest rank
+ * (-total, ts, session, project). The tailer dedupes every file's records, so
+ * the scanner may drop, before any object is built, each record that an
+ * earlier-or-better record of the same key beats: the survivors, in line order,
+ * dedupe to exactly what all the records would. Keys are compared as raw bytes
+ * (equal bytes, equal key; keys that differ only in escapes stay apart and are
+ * merged by Python). A tie that needs a string with escapes compared keeps
+ * every record of that key.
+ */
+typedef struct {
+    Span a, b; /* the key's two parts; `a` of the third form is the fallback session */
+    int form;  /* 0 msg_id:requestId, 1 sessionId:msg_id, 2 fallback:msg_id */
+} KeyParts;
+
+typedef struct {
+    Py_ssize_t winner; /* index in Scan.items; -1: empty slot */
+    int keep_all;
+} Group;
+
+static KeyParts
+key_parts(const Line *L, Span fallback_session)
+{
+    KeyParts k;
+    if (L->request.p != NULL && L->request.n > 0) {
+        k.form = 0;
+        k.a = L->msg_id;
+        k.b = L->request;
+    } else if (L->session.p != NULL && L->session.n > 0) {
+        k.form = 1;
+        k.a = L->session;
+        k.b = L->msg_id;
+    } else {
+        k.form = 2;
+        k.a = fallback_session;
+        k.b = L->msg_id;
+    }
+    return k;
+}
+
+static uint64_t
+hash_bytes(uint64_t h, const unsigned char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 1099511628211ULL; /* FNV-1a */
+    return h;
+}
+
+static int
+same_span(Span x, Span y)
+{
+    return x.n == y.n && (x.n == 0 || memcmp(x.p, y.p, (size_t)x.n) == 0);
+}
+
+static int
+same_key(KeyParts x, KeyParts y)
+{
+    return x.form == y.form && same_span(x.a, y.a) && same_span(x.b, y.b);
+}
+
+static int64_t
+line_total(const Line *L)
+{
+    int64_t cc = L->cc_field, split = L->eph_5m + L->eph_1h;
+    if (split > cc)
+        cc = split;
+    return L->input + L->output + cc + L->cache_read;
+}
+
+/* Compare strings as Python compares str; 2 when escapes make it undecidable. */
+static int
+compare_text(Span x, Span y)
+{
+    if (same_span(x, y))
+        return 0;
+    if (x.esc || y.esc)
+        return 2;
+    Py_ssize_t n = x.n < y.n ? x.n : y.n;
+    int c = n ? memcmp(x.p, y.p, (size_t)n) : 0; /* UTF-8 bytes sort as code points */
+    if (c == 0)
+        return x.n < y.n ? -1 : 1;
+    return c < 0 ? -1 : 1;
+}
+
+static Span
+resolved(Span own, Span fallback)
+{
+    return (own.p != NULL && own.n > 0) ? own : fallback;
+}
+
+/* -1: x ranks first (beats y); 1: y does; 0: a full tie; 2: undecidable. */
+static int
+compare_rank(const Line *x, const Line *y, Span fb_session, Span fb_project)
+{
+    int64_t tx = line_total(x), ty = line_total(y);
+    if (tx != ty)
+        return tx > ty ? -1 : 1; /* rank is -total: the larger total first */
+    if (x->ts_ms != y->ts_ms)
+        return x->ts_ms < y->ts_ms ? -1 : 1;
+    int c = compare_text(resolved(x->session, fb_session), resolved(y->session, fb_session));
+    if (c != 0)
+        return c;
+    return compare_text(resolved(x->cwd, fb_project), resolved(y->cwd, fb_project));
+}
+
+/* Out of memory, it drops nothing (the caller's dedupe still gives the same result). */
+static void
+dedupe_lines(Scan *s, Span fb_session, Span fb_project)
+{
+    Py_ssize_t records = 0;
+    for (Py_ssize_t i = 0; i < s->n; i++)
+        records += s->items[i].outcome == OUT_RECORD;
+    if (records < 2)
+        return;
+    Py_ssize_t cap = 16;
+    while (cap < records * 2)
+        cap *= 2;
+    Group *table = PyMem_RawMalloc((size_t)cap * sizeof(Group));
+    if (table == NULL)
+        return;
+    for (Py_ssize_t i = 0; i < cap; i++)
+        table[i].winner = -1;
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        Line *L = &s->items[i];
+        if (L->outcome != OUT_RECORD)
+            continue;
+        KeyParts k = key_parts(L, fb_session);
+        uint64_t h = hash_bytes(1469598103934665603ULL ^ (uint64_t)k.form, k.a.p, k.a.n);
+        h = hash_bytes(h ^ 0xff, k.b.p, k.b.n);
+        Py_ssize_t slot = (Py_ssize_t)(h & (uint64_t)(cap - 1));
+        Group *g;
+        for (;;) {
+            g = &table[slot];
+            if (g->winner < 0 || same_key(key_parts(&s->items[g->winner], fb_session), k))
+                break;
+            slot = (slot + 1) & (cap - 1);
+        }
+        if (g->winner < 0) {
+            g->winner = i;
+            g->keep_all = 0;
+            continue;
+        }
+        if (g->keep_all)
+            continue;
+        Line *W = &s->items[g->winner];
+        int c = compare_rank(L, W, fb_session, fb_project);
+        if (c == 2) {
+            g->keep_all = 1; /* Python decides between them */
+        } else if (c < 0) {
+            W->dropped = 1; /* strictly better: the new winner */
+            g->winner = i;
+        } else {
+            L->dropped = 1; /* worse, or a tie that the earlier record wins */
+        }
+    }
+    PyMem_RawFree(table);
+}
+
 /* ---- phase 2 (GIL held): Python objects ------------------------------------ */
 
 /* The JSON string escapes of a span (validated by scan_string) -> a str. */
@@ -1028,26 +1189,24 @@ done:
 }
 
 PyDoc_STRVAR(scan_doc,
-"scan(buf, fallback_session, fallback_project, seen, record_type, max_line, unknown, /)\n"
+"scan(buf, fallback_session, fallback_project, seen, record_type, max_line, unknown,\n"
+"     dedupe=False, /)\n"
 "--\n\n"
 "Scan complete lines: (lines, malformed, too_long, records, declined).\n\n"
 "declined holds (index, start, end): the line buf[start:end] must be passed to\n"
-"record_from_line, and its outcome goes before records[index].");
+"record_from_line, and its outcome goes before records[index]. With dedupe, the\n"
+"records that cannot win usage.dedupe are left out (the caller dedupes the rest).");
 
 static PyObject *
 fastscan_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "scan() takes exactly 7 arguments");
+    if (nargs != 7 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "scan() takes 7 or 8 arguments");
         return NULL;
     }
     PyObject *buf_obj = args[0], *fallback_session = args[1], *fallback_project = args[2];
     PyObject *seen = args[3], *record_type = args[4], *unknown = args[6];
-    if (!PyBytes_Check(buf_obj)) { /* immutable: safe to read without the GIL */
-        PyErr_SetString(PyExc_TypeError, "buf must be bytes");
-        return NULL;
-    }
     if (!PyUnicode_Check(fallback_session) || !PyUnicode_Check(fallback_project) ||
         !PyUnicode_Check(unknown)) {
         PyErr_SetString(PyExc_TypeError, "fallbacks must be str");
@@ -1062,19 +1221,49 @@ fastscan_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Clear();
         max_line = PY_SSIZE_T_MAX; /* larger than any buffer */
     }
-    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(buf_obj);
-    Py_ssize_t len = PyBytes_GET_SIZE(buf_obj);
+    /*
+     * Any contiguous buffer: bytes, or a slice of the reader's reused bytearray.
+     * While the view is held a bytearray cannot be resized; the caller promises
+     * not to write into it meanwhile (the tailer's buffer belongs to one call).
+     */
+    int dedupe = 0;
+    Span fb_session = {NULL, 0, 0}, fb_project = {NULL, 0, 0};
+    if (nargs == 8) {
+        dedupe = PyObject_IsTrue(args[7]);
+        if (dedupe < 0)
+            return NULL;
+    }
+    if (dedupe) {
+        const char *a = PyUnicode_AsUTF8AndSize(fallback_session, &fb_session.n);
+        const char *b = a ? PyUnicode_AsUTF8AndSize(fallback_project, &fb_project.n) : NULL;
+        if (a == NULL || b == NULL) {
+            PyErr_Clear(); /* not UTF-8 (surrogates): leave the deduping to Python */
+            dedupe = 0;
+        }
+        fb_session.p = (const unsigned char *)a;
+        fb_project.p = (const unsigned char *)b;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(buf_obj, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *buf = (const unsigned char *)view.buf;
+    Py_ssize_t len = view.len;
 
     Scan s = {0};
     if (len >= RELEASE_GIL_BYTES) {
         Py_BEGIN_ALLOW_THREADS
         scan_buffer(buf, len, max_line, &s);
+        if (dedupe && !s.oom)
+            dedupe_lines(&s, fb_session, fb_project); /* out of memory: drops nothing */
         Py_END_ALLOW_THREADS
     } else {
         scan_buffer(buf, len, max_line, &s);
+        if (dedupe && !s.oom)
+            dedupe_lines(&s, fb_session, fb_project); /* out of memory: drops nothing */
     }
     if (s.oom) {
         PyMem_RawFree(s.items);
+        PyBuffer_Release(&view);
         return PyErr_NoMemory();
     }
 
@@ -1086,6 +1275,8 @@ fastscan_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto fail;
     for (Py_ssize_t i = 0; i < s.n; i++) {
         const Line *L = &s.items[i];
+        if (L->dropped)
+            continue;
         if (L->outcome == OUT_RECORD) {
             PyObject *rec = build_record(&b, L, record_type, fallback_session,
                                          fallback_project, unknown);
@@ -1113,6 +1304,7 @@ fail:
     Py_XDECREF(records);
     Py_XDECREF(declined);
     PyMem_RawFree(s.items);
+    PyBuffer_Release(&view);
     return out;
 }
 

@@ -229,6 +229,7 @@ def build_parser(settings_help: bool = True) -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     import asyncio
+    import signal
 
     from claude_usaged.settings import SettingsError, load_settings
 
@@ -237,17 +238,29 @@ def _run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"claude-usaged: {exc}", file=sys.stderr)
         return EXIT_STARTUP
-    from claude_usaged.daemon import Daemon, StartupError
+    from claude_usaged import headstart
     from claude_usaged.log import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
+    # the first catch-up starts in a child while this process imports the rest
+    head = headstart.start(settings)
+    if head is not None:
+        # until the event loop handles it, a stop must still end both processes cleanly
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        asyncio.run(Daemon(settings).run())
-    except StartupError as exc:
-        print(f"claude-usaged: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
+        from claude_usaged.daemon import Daemon, StartupError
+
+        try:
+            asyncio.run(Daemon(settings, head).run())
+        except StartupError as exc:
+            print(f"claude-usaged: {exc}", file=sys.stderr)
+            return EXIT_STARTUP
     except KeyboardInterrupt:
         return 0
+    finally:
+        if head is not None and head.outcome is None:
+            head.terminate()
+            head.wait()
     return 0
 
 

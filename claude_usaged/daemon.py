@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
-import ipaddress
 import json
 import os
-import resource
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -26,8 +22,10 @@ from aiohttp import web
 from claude_usaged import outbox, sdnotify
 from claude_usaged.api import ApiContext, make_app
 from claude_usaged.forwarder import Forwarder
+from claude_usaged.headstart import HeadStart
 from claude_usaged.ingest import Ingest
 from claude_usaged.instance import AlreadyRunning, InstanceLock
+from claude_usaged.limits import limit_malloc_arenas, raise_open_files_limit
 from claude_usaged.paths import address_file
 from claude_usaged.pricing import PriceFileError, PriceTable
 from claude_usaged.settings import Settings
@@ -112,69 +110,10 @@ async def _supervise_ingest(ingest: Ingest) -> None:
             ingest.request_rescan()
 
 
-SELF_TARGET = "team-server:self"
-"""The outbox target of a team server that forwards its own transcripts to itself."""
-
-
-MALLOC_ARENAS = 2
-M_ARENA_MAX = -8  # glibc's mallopt parameter number
-
-
-def limit_malloc_arenas() -> None:
-    """Cap glibc's malloc arenas (one per thread by default) before threads start.
-
-    Reader threads, SQLite's thread and watchdog's each get an arena of their own,
-    and memory freed in one is not reused by another: on a 477 MB catch-up this
-    cap lowers the peak RSS by about 5 MB at no measured cost. A no-op elsewhere.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
-
-
-OPEN_FILES = 65_536
-
-
-def raise_open_files_limit(want: int = OPEN_FILES) -> int:
-    """Lift the soft limit on open files toward the hard one; returns the soft limit.
-
-    A team server keeps two connections (and their WAL files) per machine open:
-    the common default of 1,024 would run out at about 150 machines.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return target
-    return soft
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def forward_target(settings: Settings) -> str | None:
-    """What the outbox forwards to: the URL, or a team server's own ingest endpoint."""
-    if settings.forward_url:
-        return settings.forward_url
-    return SELF_TARGET if settings.accept_forwarded else None
-
-
 def _check_team(settings: Settings) -> None:
-    open_to_all = not is_loopback(settings.host)
-    if settings.accept_forwarded and settings.ingest_token is None and open_to_all:
-        raise StartupError(
-            f"--accept-forwarded on {settings.host} needs an ingest token beyond loopback: "
-            "set --ingest-token or CLAUDE_USAGED_INGEST_TOKEN (senders use it as "
-            "CLAUDE_USAGED_FORWARD_TOKEN)"
-        )
+    problem = settings.team_problem()
+    if problem is not None:
+        raise StartupError(problem)
 
 
 def forwarder_for(settings: Settings, store: Store) -> Forwarder | None:
@@ -200,8 +139,9 @@ def _loopback_of(host: str) -> str:
 class Daemon:
     """The running daemon; `await Daemon(settings).run()` until stopped."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, head_start: HeadStart | None = None) -> None:
         self.settings = settings
+        self.head_start = head_start
         self.stop_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._store: Store | None = None
@@ -213,9 +153,26 @@ class Daemon:
         self._lock: InstanceLock | None = None
         self._team: Team | None = None
 
+    async def _after_head_start(self) -> bool:
+        """Wait for the head start's child to finish its catch-up; False if a stop came first."""
+        head = self.head_start
+        if head is None:
+            return True
+        finished = asyncio.ensure_future(head.finished())
+        stopping = asyncio.ensure_future(self.stop_event.wait())
+        await asyncio.wait({finished, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not finished.done():
+            head.terminate()
+        outcome = await finished
+        log.info("head_start.done", **outcome.to_json())
+        return not self.stop_event.is_set()
+
     async def startup(self) -> None:
         s = self.settings
         _check_team(s)
+        if not await self._after_head_start():
+            return
         try:
             prices = PriceTable.load(s.prices)
         except PriceFileError as exc:
@@ -230,7 +187,7 @@ class Daemon:
             self._lock = None
             raise StartupError(f"cannot open database {s.db}: {exc}") from None
         try:
-            self._store = await Store.open(s.db, prices, forward_to=forward_target(s))
+            self._store = await Store.open(s.db, prices, forward_to=s.forward_target)
             if s.accept_forwarded:
                 raise_open_files_limit()
                 self._team = await Team.open(s.db, prices, s.zone)

@@ -14,10 +14,15 @@ from collections.abc import Callable
 
 from claude_usaged.usage import UsageRecord
 
+Buffer = bytes | bytearray | memoryview
+"""What the scanners read: bytes, or a view of the tailer's reused buffer."""
+
 ScanResult = tuple[int, int, int, list[UsageRecord], list[tuple[int, int, int]]]
 """(lines, malformed lines, too-long lines, records, declined (index, start, end))."""
 
-Scan = Callable[[bytes, str, str, dict[str, str] | None, type[UsageRecord], int, str], ScanResult]
+Scan = Callable[
+    [Buffer, str, str, dict[str, str] | None, type[UsageRecord], int, str, bool], ScanResult
+]
 
 _scan: Scan | None
 try:

@@ -9,6 +9,7 @@ cursor, so a missed event delays a count but never loses it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -224,3 +225,18 @@ class Ingest:
         if outcome.changed:
             for listener in self.listeners:
                 listener(outcome.changed)
+
+
+async def catch_up(ingest: Ingest) -> None:
+    """One rescan of every transcript, applied and settled (`sync --once`, `--offline`)."""
+    await ingest.start()
+    loop = asyncio.create_task(ingest.run(), name="ingest")
+    done = ingest.request_rescan()
+    try:
+        await asyncio.wait({loop, done}, return_when=asyncio.FIRST_COMPLETED)
+        if loop.done():
+            loop.result()  # the loop failed: raise its error
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop

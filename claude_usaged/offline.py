@@ -25,13 +25,12 @@ from aiohttp import web
 from claude_usaged.api import ApiContext, make_app
 from claude_usaged.client import fetch_text
 from claude_usaged.daemon import StartupError
-from claude_usaged.ingest import PROGRESS_EVERY, Ingest
+from claude_usaged.ingest import PROGRESS_EVERY, Ingest, catch_up
 from claude_usaged.pricing import PriceFileError, PriceTable
 from claude_usaged.scan import transcript_paths
 from claude_usaged.settings import Settings
 from claude_usaged.stats import ReadModel
 from claude_usaged.store import Store, StoreError
-from claude_usaged.sync import catch_up
 
 
 def _total_bytes(roots: Sequence[Path]) -> int:

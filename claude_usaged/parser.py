@@ -24,6 +24,7 @@ from typing import Annotated
 import msgspec
 
 from claude_usaged import fastpath
+from claude_usaged.fastpath import Buffer
 from claude_usaged.usage import UsageRecord
 
 SYNTHETIC_MODEL = "<synthetic>"
@@ -256,27 +257,37 @@ def _bad_line_count(buf: bytes) -> int:
 
 
 def parse_lines(
-    buf: bytes,
+    buf: Buffer,
     fallback_session: str,
     fallback_project: str,
     intern: _Interner | None = None,
     max_line: int = 1 << 62,
+    deduped: bool = False,
 ) -> ParseResult:
-    """Parse a buffer of complete `\\n`-terminated lines (split on the byte only)."""
+    """Parse a buffer of complete `\\n`-terminated lines (split on the byte only).
+
+    `buf` may be a view of a buffer the caller reuses: it must not change until
+    this returns (the C scanner reads it without the GIL). `deduped` says that
+    the caller passes the records through `usage.dedupe`: the C scanner then
+    leaves out those that cannot win it (most lines of a streamed response).
+    """
     scan = fastpath.scanner()
-    if scan is not None and isinstance(buf, bytes):  # immutable: scanned without the GIL
-        return _parse_scanned(scan, buf, fallback_session, fallback_project, intern, max_line)
+    if scan is not None:
+        return _parse_scanned(
+            scan, buf, fallback_session, fallback_project, intern, max_line, deduped
+        )
     return _parse_python(buf, fallback_session, fallback_project, intern, max_line)
 
 
 def _parse_python(
-    buf: bytes,
+    data: Buffer,
     fallback_session: str,
     fallback_project: str,
     intern: _Interner | None,
     max_line: int,
 ) -> ParseResult:
     """parse_lines in pure Python: the specification of the C path."""
+    buf = data if isinstance(data, bytes) else bytes(data)
     result = ParseResult()
     result.lines = buf.count(b"\n")
     bad = _bad_line_count(buf)
@@ -321,16 +332,17 @@ def _take_line(
 
 def _parse_scanned(
     scan: fastpath.Scan,
-    buf: bytes,
+    buf: Buffer,
     fallback_session: str,
     fallback_project: str,
     intern: _Interner | None,
     max_line: int,
+    deduped: bool = False,
 ) -> ParseResult:
     """parse_lines through the C scanner; the lines it declines go to record_from_line."""
     seen = intern._seen if intern is not None else None
     lines, bad, too_long, records, declined = scan(
-        buf, fallback_session, fallback_project, seen, UsageRecord, max_line, UNKNOWN_MODEL
+        buf, fallback_session, fallback_project, seen, UsageRecord, max_line, UNKNOWN_MODEL, deduped
     )
     result = ParseResult(records, lines)
     if bad:

@@ -7,6 +7,7 @@ config file a setting's key is its field name (`port = 8714`).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -28,6 +29,18 @@ from pydantic import (
 )
 
 from claude_usaged.paths import APP_NAME, default_claude_dirs, default_db_path, machine_timezone
+
+SELF_TARGET = "team-server:self"
+"""The outbox target of a team server that forwards its own transcripts to itself."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class SettingsError(ValueError):
@@ -111,6 +124,23 @@ class Settings(BaseModel):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.tz)
+
+    @property
+    def forward_target(self) -> str | None:
+        """What the outbox forwards to: the URL, or a team server's own ingest endpoint."""
+        if self.forward_url:
+            return self.forward_url
+        return SELF_TARGET if self.accept_forwarded else None
+
+    def team_problem(self) -> str | None:
+        """Why a team server with these settings must not start, if it must not."""
+        if self.accept_forwarded and self.ingest_token is None and not is_loopback(self.host):
+            return (
+                f"--accept-forwarded on {self.host} needs an ingest token beyond loopback: "
+                "set --ingest-token or CLAUDE_USAGED_INGEST_TOKEN (senders use it as "
+                "CLAUDE_USAGED_FORWARD_TOKEN)"
+            )
+        return None
 
     def where_to_set(self, name: str) -> str:
         """Where a user changes this setting's value: the source it came from, else

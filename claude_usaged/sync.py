@@ -16,7 +16,6 @@ a failed delivery is the one `✗ Sync failed` line.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 from claude_usaged.client import ApiError, DaemonDown, fetch
 from claude_usaged.daemon import StartupError, forwarder_for
 from claude_usaged.forwarder import DrainResult
-from claude_usaged.ingest import Ingest
+from claude_usaged.ingest import Ingest, catch_up
 from claude_usaged.instance import AlreadyRunning, InstanceLock
 from claude_usaged.paths import address_file
 from claude_usaged.pricing import PriceFileError, PriceTable
@@ -67,21 +66,6 @@ def daemon_running_message(pid: int, db: object, forwards: bool) -> str:
         "stop it, or let it forward instead: give it --forward-url "
         "(or CLAUDE_USAGED_FORWARD_URL, or forward_url in the config file) and restart it"
     )
-
-
-async def catch_up(ingest: Ingest) -> None:
-    """One rescan of every transcript, applied and settled (`sync --once`, `--offline`)."""
-    await ingest.start()
-    loop = asyncio.create_task(ingest.run(), name="ingest")
-    done = ingest.request_rescan()
-    try:
-        await asyncio.wait({loop, done}, return_when=asyncio.FIRST_COMPLETED)
-        if loop.done():
-            loop.result()  # the loop failed: raise its error
-    finally:
-        loop.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop
 
 
 async def sync_once(settings: Settings) -> DrainResult:

@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import stat
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +25,9 @@ from claude_usaged.usage import dedupe
 
 HEAD_BYTES = 1024
 TAIL_BYTES = 32
-CHUNK_BYTES = 512 << 10
-"""Bytes read at a time: two reader threads' chunks and carries stay a few MB (the
-daemon's peak RSS target is 100 MB), and the C scanner still runs without the GIL."""
+CHUNK_BYTES = 1 << 20
+"""Bytes read at a time, into a buffer each reader thread reuses: a few MB in all
+(the daemon's peak RSS target is 100 MB), and most transcripts in one read."""
 _USAGE_KEY = b'"usage"'
 MAX_LINE_BYTES = 32 << 20
 """A line longer than this is skipped (logged and counted), never buffered whole."""
@@ -161,10 +162,36 @@ def _replace_stat(cursor: Cursor, st: os.stat_result) -> Cursor:
     )
 
 
-def _dropped(carry: bytearray) -> tuple[bool, bytes]:
+def _dropped(partial: bytes) -> tuple[bool, bytes]:
     """For a partial line that outgrew max_line: whether it holds the usage key, and its
     last bytes (a key cut by the next chunk edge is still found)."""
-    return _USAGE_KEY in carry, bytes(carry[-len(_USAGE_KEY) :])
+    return _USAGE_KEY in partial, partial[-len(_USAGE_KEY) :]
+
+
+_local = threading.local()
+
+
+def _take_buffer() -> bytearray:
+    """This thread's read buffer: reused from file to file, so reading allocates (and
+    page-faults) nothing new per chunk."""
+    buf: bytearray | None = getattr(_local, "buf", None)
+    _local.buf = None  # lent out until _give_back
+    return buf if buf is not None and len(buf) == CHUNK_BYTES else bytearray(CHUNK_BYTES)
+
+
+def _give_back(buf: bytearray) -> None:
+    if len(buf) == CHUNK_BYTES:  # one grown for a very long line is let go
+        _local.buf = buf
+
+
+def _read_into(fd: int, view: memoryview, pos: int) -> int:
+    if _HAS_PREADV:
+        return os.preadv(fd, [view], pos)
+    os.lseek(fd, pos, os.SEEK_SET)
+    return os.readv(fd, [view])
+
+
+_HAS_PREADV = hasattr(os, "preadv")
 
 
 def _consume(
@@ -177,45 +204,67 @@ def _consume(
     max_line: int,
 ) -> int:
     """Parse complete lines from `start`; return the offset after the last one."""
-    pos = start
-    carry = bytearray()  # a partial line: grows by appending, not by copying itself
+    buf = _take_buffer()
+    try:
+        return _consume_into(buf, fd, start, result, session, project, intern, max_line)
+    finally:
+        _give_back(buf)
+
+
+def _consume_into(
+    buf: bytearray,
+    fd: int,
+    start: int,
+    result: TailResult,
+    session: str,
+    project: str,
+    intern: _Interner | None,
+    max_line: int,
+) -> int:
+    pos = committed = start
+    held = 0  # a partial line at buf[:held]: read, not yet parsed
     skipping = False  # inside a line longer than max_line: drop bytes to its \n
     seen = b""  # the last bytes dropped, so a key cut by a chunk edge is still found
     had_usage = False  # whether the dropped line could have held a response
-    committed = start
     while True:
-        chunk = _pread(fd, CHUNK_BYTES, pos)
-        if not chunk:
+        if held == len(buf):  # a partial line as long as the buffer (held <= max_line)
+            buf.extend(bytes(len(buf)))
+        with memoryview(buf) as view:
+            n = _read_into(fd, view[held:], pos)
+        if not n:
             break
-        pos += len(chunk)
-        result.bytes_read += len(chunk)
+        pos += n
+        result.bytes_read += n
+        end = held + n
+        begin = 0  # buf[begin:end] is not parsed yet
         if skipping:
-            nl = chunk.find(b"\n")
-            part = seen + (chunk if nl == -1 else chunk[:nl])
+            nl = buf.find(b"\n", 0, end)
+            part = seen + bytes(buf[: end if nl == -1 else nl])
             had_usage = had_usage or _USAGE_KEY in part
             seen = part[-len(_USAGE_KEY) :]
             if nl == -1:
+                held = 0
                 continue
             skipping = False
             result.long_lines += 1
             result.parsed.lines += 1
             if had_usage:  # as parse_lines counts only the long lines it would decode
                 result.parsed.skipped["line_too_long"] += 1
-            chunk = chunk[nl + 1 :]
-            committed = pos - len(chunk)
-        last_nl = chunk.rfind(b"\n")
-        if last_nl == -1:
-            carry += chunk
-            if len(carry) > max_line:
-                skipping, (had_usage, seen) = True, _dropped(carry)
-                carry = bytearray()
-            continue
-        # the scanner takes bytes (immutable while it runs without the GIL)
-        buf = bytes(carry) + chunk[: last_nl + 1] if carry else chunk[: last_nl + 1]
-        carry = bytearray(chunk[last_nl + 1 :])
-        result.parsed.merge(parse_lines(buf, session, project, intern, max_line))
-        committed = pos - len(carry)
-        if len(carry) > max_line:
-            skipping, (had_usage, seen) = True, _dropped(carry)
-            carry = bytearray()
+            begin = nl + 1
+            committed = pos - (end - begin)
+        last_nl = buf.rfind(b"\n", begin, end)
+        if last_nl != -1:
+            with memoryview(buf) as view:
+                lines = view[begin : last_nl + 1]
+                parsed = parse_lines(lines, session, project, intern, max_line, deduped=True)
+                result.parsed.merge(parsed)
+                lines.release()
+            begin = last_nl + 1
+            committed = pos - (end - begin)
+        held = end - begin
+        if held > max_line:
+            skipping, (had_usage, seen) = True, _dropped(bytes(buf[begin:end]))
+            held = 0
+        elif held and begin:
+            buf[:held] = buf[begin:end]
     return committed

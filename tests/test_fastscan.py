@@ -26,6 +26,7 @@ from conftest import REAL_SAMPLE, assistant, dumps, user
 
 from claude_usaged import fastpath
 from claude_usaged.parser import new_interner, parse_lines
+from claude_usaged.usage import dedupe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from corpus import generate
@@ -39,17 +40,25 @@ TS = "2025-11-20T09:14:05.602Z"
 Outcome = tuple[str, Any]
 
 
-def run(buf: bytes, c_path: bool, max_line: int = 1 << 62) -> Outcome:
-    """parse_lines on one path: its whole result as plain values, or the exception type."""
+def run(buf: bytes, c_path: bool, max_line: int = 1 << 62, deduped: bool = False) -> Outcome:
+    """parse_lines on one path: its whole result as plain values, or the exception type.
+
+    With `deduped` the records are compared after `usage.dedupe`, by key: the C
+    scanner may then leave out the records that cannot win.
+    """
     before = fastpath.enabled()
     fastpath.set_enabled(c_path)
     try:
-        result = parse_lines(buf, "fb-session", "fb-project", new_interner(), max_line)
+        result = parse_lines(
+            buf, "fb-session", "fb-project", new_interner(), max_line, deduped=deduped
+        )
     except Exception as exc:  # both paths must fail alike (msgspec's RecursionError)
         return ("raised", type(exc).__name__)
     finally:
         fastpath.set_enabled(before)
-    records = [astuple(r) for r in result.records]
+    records: Any = [astuple(r) for r in result.records]
+    if deduped:
+        records = {key: astuple(r) for key, r in dedupe(result.records).items()}
     return ("ok", (records, result.lines, dict(Counter(result.skipped))))
 
 
@@ -65,6 +74,7 @@ class Differ:
         fast = run(buf, True, max_line)
         pure = run(buf, False, max_line)
         assert fast == pure, buf[:2000]
+        assert run(buf, True, max_line, deduped=True) == run(buf, False, max_line, deduped=True)
         self.buffers += 1
         self.lines += buf.count(b"\n")
         if pure[0] == "ok":
@@ -437,3 +447,64 @@ def test_switch_turns_the_c_path_off_and_on() -> None:
                 fastpath.set_enabled(True)
     finally:
         fastpath.set_enabled(before)
+
+
+def _streamed_lines() -> list[bytes]:
+    """Lines of streamed responses whose winners take every rule of `usage.dedupe`."""
+    t1, t2 = "2025-11-20T09:14:05.602Z", "2025-11-20T09:14:06.100Z"
+    raw = [
+        # m1: the largest total wins, however late (10, 10, 15)
+        dumps(assistant("m1", "r1", t1, input_tokens=4, output_tokens=6)),
+        dumps(assistant("m1", "r1", t2, input_tokens=4, output_tokens=6)),
+        dumps(assistant("m1", "r1", t2, input_tokens=4, output_tokens=11, model="claude-x")),
+        # m2: equal totals, the earlier time wins although it comes second
+        dumps(assistant("m2", "r2", t2, output_tokens=7)),
+        dumps(assistant("m2", "r2", t1, output_tokens=7, model="claude-y")),
+        # m3: equal total and time, the smaller session wins
+        dumps(assistant("m3", "r3", t1, output_tokens=3, session="s9")),
+        dumps(assistant("m3", "r3", t1, output_tokens=3, session="s2")),
+        # m4: a full tie, the first wins (the model tells which)
+        dumps(assistant("m4", "r4", t1, output_tokens=5, model="claude-first")),
+        dumps(assistant("m4", "r4", t1, output_tokens=5, model="claude-second")),
+        # m5: sessions equal only once their escapes are decoded: Python decides
+        dumps(assistant("m5", "r5", t1, output_tokens=2, session="s\\u0031")).replace(
+            "s\\\\u0031", "s\\u0031"
+        ),
+        dumps(assistant("m5", "r5", t1, output_tokens=2, session="s1", model="claude-z")),
+        # m6: no requestId and no sessionId: keyed by the fallback session; smaller cwd wins
+        dumps(assistant("m6", None, t1, output_tokens=1, session="", cwd="/b")),
+        dumps(assistant("m6", None, t1, output_tokens=1, session="", cwd="/a")),
+        # m7: no requestId, keyed by its own session: two sessions, two keys
+        dumps(assistant("m7", None, t1, output_tokens=8, session="sA")),
+        dumps(assistant("m7", None, t1, output_tokens=9, session="sB")),
+    ]
+    return [line.encode() for line in raw]
+
+
+@needs_ext
+def test_deduped_scan_leaves_out_only_records_that_cannot_win() -> None:
+    """The C scanner drops losing lines before building them, and the winners stay exact."""
+    lines = _streamed_lines()
+    buf = b"\n".join(lines) + b"\n"
+    assert run(buf, True, deduped=True) == run(buf, False, deduped=True)
+    rng = random.Random(7)
+    for _ in range(300):  # any order of the lines: still the same winners as Python
+        shuffled = rng.sample(lines, len(lines))
+        joined = b"\n".join(shuffled) + b"\n"
+        assert run(joined, True, deduped=True) == run(joined, False, deduped=True)
+    fastpath.set_enabled(True)
+    full = parse_lines(buf, "fb-session", "fb-project")
+    kept = parse_lines(buf, "fb-session", "fb-project", deduped=True)
+    assert len(full.records) == 15
+    # one record per key, plus the second m5 line that Python must compare
+    assert len(kept.records) == 9
+    winners = {
+        key: (r.model, r.ts_ms, r.session_id, r.project) for key, r in dedupe(kept.records).items()
+    }
+    assert winners["m1:r1"][0] == "claude-x"
+    assert winners["m2:r2"][0] == "claude-y"
+    assert winners["m3:r3"][2] == "s2"
+    assert winners["m4:r4"][0] == "claude-first"
+    assert winners["m5:r5"][0] == "claude-sonnet-4-5-20250929"  # the first of a full tie
+    assert winners["fb-session:m6"][3] == "/a"
+    assert {"sA:m7", "sB:m7"} <= winners.keys()

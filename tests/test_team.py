@@ -488,7 +488,7 @@ def test_a_team_server_lifts_its_open_files_limit() -> None:
     """Two connections per machine: the soft limit goes up to the hard one (at most 65,536)."""
     import resource
 
-    from claude_usaged.daemon import raise_open_files_limit
+    from claude_usaged.limits import raise_open_files_limit
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
