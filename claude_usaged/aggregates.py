@@ -8,8 +8,9 @@ give identical rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from claude_usaged.usage import BUCKET_MS
@@ -29,16 +30,48 @@ class Aggregates:
     blocks: list[Block] = field(default_factory=list)
 
 
-def _sums(acc: list[Any], inp: int, out: int, cc: int, cr: int, cost: float | None) -> None:
-    acc[0] += 1
-    acc[1] += inp
-    acc[2] += out
-    acc[3] += cc
-    acc[4] += cr
-    if cost is None:
-        acc[6] += 1
-    else:
-        acc[5] += cost
+_IN, _OUT, _CC, _CR, _COST = (itemgetter(i) for i in (4, 5, 6, 7, 8))
+
+
+def _add(acc: list[Any], rows: list[ResponseRow]) -> None:
+    """Add a group's rows (in time order) to its sums. Integers are summed in C;
+    costs one by one from the running total, so the float result is the same as
+    adding each response in time order (what SQL's total() and the incremental
+    path do), not a differently rounded sum."""
+    acc[0] += len(rows)
+    acc[1] += sum(map(_IN, rows))
+    acc[2] += sum(map(_OUT, rows))
+    acc[3] += sum(map(_CC, rows))
+    acc[4] += sum(map(_CR, rows))
+    total, unpriced = acc[5], acc[6]
+    for cost in map(_COST, rows):
+        if cost is None:
+            unpriced += 1
+        else:
+            total += cost
+    acc[5], acc[6] = total, unpriced
+
+
+def _grouped(
+    rows: Sequence[ResponseRow], key: Callable[[ResponseRow], Any]
+) -> dict[Any, list[ResponseRow]]:
+    groups: dict[Any, list[ResponseRow]] = {}
+    for row in rows:
+        k = key(row)
+        group = groups.get(k)
+        if group is None:
+            groups[k] = [row]
+        else:
+            group.append(row)
+    return groups
+
+
+def _bucket_key(row: ResponseRow) -> tuple[int, str]:
+    return (row[0] // BUCKET_MS, row[1])
+
+
+_SESSION_KEY = itemgetter(2, 3, 1)
+_PROJECT_KEY = itemgetter(3, 1)
 
 
 class Aggregator:
@@ -52,26 +85,28 @@ class Aggregator:
         self._last_ts = -(2**62)
 
     def feed(self, rows: Sequence[ResponseRow]) -> None:
-        buckets, sessions, projects = self._buckets, self._sessions, self._projects
-        for ts, model, session, project, inp, out, cc, cr, cost in rows:
-            if ts < self._last_ts:
+        """Add a chunk: each chunk is grouped, then each group's sums are added at once."""
+        if not rows:
+            return
+        last = self._last_ts
+        for row in rows:
+            if row[0] < last:
                 raise ValueError("Aggregator.feed needs rows in time order")
-            self._last_ts = ts
-            acc = buckets.get((ts // BUCKET_MS, model))
+            last = row[0]
+        self._last_ts = last
+        for (bucket, model), group in _grouped(rows, _bucket_key).items():
+            acc = self._buckets.get((bucket, model))
             if acc is None:
-                acc = buckets[(ts // BUCKET_MS, model)] = [0, 0, 0, 0, 0, 0.0, 0]
-            _sums(acc, inp, out, cc, cr, cost)
-            # rows are time-ordered: the first row seen is the earliest
-            acc = sessions.get((session, project, model))
-            if acc is None:
-                acc = sessions[(session, project, model)] = [0, 0, 0, 0, 0, 0.0, 0, ts, ts]
-            _sums(acc, inp, out, cc, cr, cost)
-            acc[8] = ts
-            acc = projects.get((project, model))
-            if acc is None:
-                acc = projects[(project, model)] = [0, 0, 0, 0, 0, 0.0, 0, ts, ts]
-            _sums(acc, inp, out, cc, cr, cost)
-            acc[8] = ts
+                acc = self._buckets[(bucket, model)] = [0, 0, 0, 0, 0, 0.0, 0]
+            _add(acc, group)
+        # groups keep time order: a group's first row is its earliest, its last the latest
+        for keyed, table in ((_SESSION_KEY, self._sessions), (_PROJECT_KEY, self._projects)):
+            for k, group in _grouped(rows, keyed).items():
+                acc = table.get(k)
+                if acc is None:
+                    acc = table[k] = [0, 0, 0, 0, 0, 0.0, 0, group[0][0], 0]
+                _add(acc, group)
+                acc[8] = group[-1][0]
         previous = self._blocks[-1] if self._blocks else None
         self._blocks += build_blocks(
             (

@@ -45,6 +45,8 @@ class ApiContext:
     team: Team | None = None
     """Set on a team server (`--accept-forwarded`)."""
     ingest_token: str | None = None
+    head_start: dict[str, float | int] | None = None
+    """How `run`'s first catch-up in a child went (headstart.py), when there was one."""
 
 
 MAX_LIMIT = 1 << 31
@@ -231,6 +233,7 @@ async def health(request: web.Request) -> web.Response:
             },
             "ingest": await ingest_json(ctx),
             "forwarding": forwarding_json(ctx),
+            "head_start": ctx.head_start,
         }
     )
 

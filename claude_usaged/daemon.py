@@ -85,6 +85,11 @@ async def _notify_caught_up(caught_up: asyncio.Future[None], ingest: Ingest, url
     sdnotify.notify(f"STATUS=serving {url}; {state.files} files, {ingest.lines} lines read")
 
 
+async def _checkpoint_when(caught_up: asyncio.Future[None], store: Store) -> None:
+    await caught_up
+    await store.checkpoint()
+
+
 async def _watchdog(interval: float) -> None:
     """Ping systemd's watchdog from the event loop, so a stuck loop gets the daemon restarted."""
     while True:
@@ -213,6 +218,9 @@ class Daemon:
             machine_id=await store.write(outbox.machine_id),
             team=self._team,
             ingest_token=s.ingest_token.get_secret_value() if s.ingest_token else None,
+            head_start=head.outcome.to_json()
+            if (head := self.head_start) and head.outcome
+            else None,
         )
         # listen first: a taken port fails before any reading starts
         self._runner = web.AppRunner(make_app(ctx), access_log=None, handle_signals=False)
@@ -267,6 +275,11 @@ class Daemon:
         self._tasks.append(
             asyncio.create_task(_notify_caught_up(caught_up, ingest, url), name="notify")
         )
+        if self.head_start is not None:
+            # merge the head start's WAL into the database once the daemon serves
+            self._tasks.append(
+                asyncio.create_task(_checkpoint_when(caught_up, store), name="checkpoint")
+            )
         interval = sdnotify.watchdog_interval()
         if interval is not None:
             self._tasks.append(asyncio.create_task(_watchdog(interval), name="watchdog"))

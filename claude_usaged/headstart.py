@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -189,6 +190,8 @@ def _catch_up(settings: Settings) -> int:
     from claude_usaged.store import Store, StoreError
 
     limit_malloc_arenas()
+    # a short-lived process whose objects all live to its end: collecting finds nothing
+    gc.disable()
     try:
         prices = PriceTable.load(settings.prices)
     except PriceFileError:
@@ -201,10 +204,15 @@ def _catch_up(settings: Settings) -> int:
 
     async def run() -> None:
         store = await Store.open(settings.db, prices, forward_to=settings.forward_target)
+        await store.defer_checkpoints()
         try:
             await catch_up(Ingest(store, settings.claude_dirs))
-        finally:
+        except BaseException:
             await store.close()
+            raise
+        # not closed: closing the last connection merges the WAL into the database
+        # (and fsyncs it) while the daemon waits; os._exit leaves it as a crash would,
+        # every transaction committed, and the daemon checkpoints once it serves
 
     try:
         asyncio.run(run())

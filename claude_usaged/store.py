@@ -269,6 +269,18 @@ class Store:
     async def close(self) -> None:
         await self._db.close()
 
+    async def defer_checkpoints(self) -> None:
+        """Leave the WAL unmerged until another connection commits (the head start's
+        catch-up: each bulk batch would otherwise copy its pages into the database
+        file, and fsync it, before the daemon can serve)."""
+        await self._db.execute("PRAGMA wal_autocheckpoint=0")
+
+    @_serialized
+    async def checkpoint(self) -> None:
+        """Merge the WAL into the database file now, as far as readers allow."""
+        async with self._db.execute("PRAGMA wal_checkpoint(PASSIVE)") as cur:
+            await cur.fetchall()
+
     async def _migrate(self) -> None:
         for pragma in PRAGMAS:
             await self._db.execute(pragma)

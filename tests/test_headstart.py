@@ -1,0 +1,212 @@
+"""The head start: `run`'s first catch-up in a forked child (claude_usaged/headstart.py).
+
+The child only saves time: the totals are the same with it and without it, a
+stop while it works ends both processes cleanly, and a child killed mid-way
+loses nothing, because the daemon's own rescan reads what it did not commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import assistant, write_lines
+from test_process import ENC, STOP_TIMEOUT, Proc, clean_env, command, launch, log_events, poll
+
+from claude_usaged.instance import InstanceLock
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork: no head start")
+
+T0 = "2025-11-20T09:00:00.000Z"
+
+
+def history(root: Path) -> int:
+    """Streamed responses, a copy across files and a subagent file; returns the total."""
+    project = root / "projects" / ENC
+    write_lines(
+        project / "s1.jsonl",
+        [
+            assistant("m1", "r1", T0, input_tokens=100, output_tokens=1),
+            assistant("m1", "r1", "2025-11-20T09:00:01.000Z", input_tokens=100, output_tokens=50),
+            assistant("m2", "r2", "2025-11-20T10:00:00.000Z", cache_read=1000, output_tokens=7),
+        ],
+    )
+    # a resumed session copies m2 into its own file: counted once
+    write_lines(
+        project / "s2.jsonl",
+        [
+            assistant("m2", "r2", "2025-11-20T10:00:00.000Z", cache_read=1000, output_tokens=7),
+            assistant("m3", "r3", "2025-11-21T09:00:00.000Z", input_tokens=5, cache_creation=300),
+        ],
+    )
+    write_lines(
+        project / "s1" / "subagents" / "agent-a.jsonl",
+        [assistant("m4", "r4", "2025-11-20T09:30:00.000Z", output_tokens=40, sidechain=True)],
+    )
+    return (100 + 50) + (1000 + 7) + (5 + 300) + 40
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for popen in procs:
+        if popen.poll() is None:
+            popen.kill()
+            popen.communicate()
+
+
+def answers(proc: Proc) -> dict[str, Any]:
+    return {path: proc.get(path) for path in ("/daily?tz=UTC", "/blocks", "/sessions", "/projects")}
+
+
+def test_head_start_and_none_give_the_same_answers(
+    tmp_path: Path, started: list[subprocess.Popen[str]]
+) -> None:
+    """With the child and without it: the same totals, days, blocks, sessions, projects."""
+    root = tmp_path / "claude"
+    total = history(root)
+    home = tmp_path / "home"
+    with_child = launch(tmp_path / "a" / "u.sqlite3", root, home, started)
+    without = launch(
+        tmp_path / "b" / "u.sqlite3", root, home, started, CLAUDE_USAGED_HEAD_START="0"
+    )
+    for proc in (with_child, without):
+        stats = proc.get("/stats")
+        assert (stats["total_tokens"], stats["ingest"]["responses"]) == (total, 4)
+        assert stats["ingest"]["lines"] == 6
+    assert answers(with_child) == answers(without)
+    # the child did the reading; the daemon's own first rescan found nothing new
+    events = {}
+    for name, proc in (("with", with_child), ("without", without)):
+        status, stderr = proc.stop(signal.SIGTERM)
+        assert status == 0
+        events[name] = log_events(stderr)
+    (done,) = [e for e in events["with"] if e["event"] == "head_start.done"]
+    assert done["exit_status"] == 0
+    caught = [e for e in events["with"] if e["event"] == "ingest.caught_up"]
+    assert [(e.get("process"), e["lines"]) for e in caught] == [("head_start", 6), (None, 6)]
+    assert not [e for e in events["without"] if e["event"].startswith("head_start")]
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(child) for child in text]
+    return found
+
+
+def _locked_database(db: Path) -> sqlite3.Connection:
+    """The daemon's database with a write transaction held open by this test."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("BEGIN EXCLUSIVE")
+    return conn
+
+
+def _spawn(db: Path, root: Path, home: Path, started: list[subprocess.Popen[str]]) -> Any:
+    popen = subprocess.Popen(
+        command(db),
+        env=clean_env(root, home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started.append(popen)
+    return popen
+
+
+needs_proc = pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir(), reason="finds the child through /proc"
+)
+
+
+@needs_proc
+def test_a_stop_while_the_child_works_ends_both_with_exit_0(
+    tmp_path: Path, started: list[subprocess.Popen[str]]
+) -> None:
+    """SIGTERM while the parent waits for its child: exit 0, no traceback, no child left."""
+    root = tmp_path / "claude"
+    history(root)
+    db = tmp_path / "data" / "u.sqlite3"
+    holder = _locked_database(db)  # the child blocks on it, so it is still working
+    try:
+        popen = _spawn(db, root, tmp_path / "home", started)
+        (child,) = poll(lambda: _children(popen.pid), 10.0, "the head start child")
+        time.sleep(1.0)  # the parent has imported the server and waits for the child
+        popen.send_signal(signal.SIGTERM)
+        _out, stderr = popen.communicate(timeout=STOP_TIMEOUT)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert popen.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # reaped, not left running
+    lock = InstanceLock(db)
+    lock.acquire()  # nobody holds the database any more
+    lock.release()
+
+
+@needs_proc
+def test_a_child_killed_mid_way_loses_nothing(
+    tmp_path: Path, started: list[subprocess.Popen[str]]
+) -> None:
+    """SIGKILL the child: the daemon logs its status and its own rescan counts everything."""
+    root = tmp_path / "claude"
+    total = history(root)
+    db = tmp_path / "data" / "u.sqlite3"
+    holder = _locked_database(db)
+    try:
+        popen = _spawn(db, root, tmp_path / "home", started)
+        (child,) = poll(lambda: _children(popen.pid), 10.0, "the head start child")
+        os.kill(child, signal.SIGKILL)
+    finally:
+        holder.rollback()
+        holder.close()
+    addr = db.with_name(db.name + ".addr")
+    poll(addr.exists, 15.0, "the address file")
+    proc = Proc(popen, json.loads(addr.read_text())["url"], db)
+    poll(lambda: proc.get("/health")["caught_up"], 10.0, "the catch-up")
+    stats = proc.get("/stats")
+    assert (stats["total_tokens"], stats["ingest"]["responses"]) == (total, 4)
+    status, stderr = proc.stop(signal.SIGTERM)
+    assert status == 0
+    events = log_events(stderr)
+    (done,) = [e for e in events if e["event"] == "head_start.done"]
+    assert done["exit_status"] == -signal.SIGKILL
+    caught = [e for e in events if e["event"] == "ingest.caught_up"]
+    assert [(e.get("process"), e["lines"]) for e in caught] == [(None, 6)]
+
+
+def test_turned_off_there_is_no_child(tmp_path: Path) -> None:
+    """CLAUDE_USAGED_HEAD_START=0: `run` forks nothing (checked before any import of ours)."""
+    code = (
+        "import os, sys; from claude_usaged import headstart; "
+        "from claude_usaged.settings import load_settings; "
+        "s = load_settings({'db': sys.argv[1], 'port': 0}); "
+        "print(headstart.wanted(s))"
+    )
+    db = str(tmp_path / "u.sqlite3")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDE_USAGED_")}
+    run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run
+    on = run([sys.executable, "-c", code, db], env=env, capture_output=True, text=True)
+    off = run(
+        [sys.executable, "-c", code, db],
+        env={**env, "CLAUDE_USAGED_HEAD_START": "0"},
+        capture_output=True,
+        text=True,
+    )
+    assert (on.stdout.strip(), off.stdout.strip()) == ("True", "False"), on.stderr + off.stderr
