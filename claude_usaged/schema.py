@@ -146,7 +146,44 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX team_receipts_at ON team_receipts(at_ms);
     """,
+    # 4: responses keyed by a unique index instead of a TEXT PRIMARY KEY, so a bulk
+    # load onto an empty table can insert first and build the key index once
+    """
+    CREATE TABLE responses_v4 (
+        key TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        project TEXT NOT NULL,
+        is_sidechain INTEGER NOT NULL,
+        input INTEGER NOT NULL,
+        output INTEGER NOT NULL,
+        cache_creation INTEGER NOT NULL,
+        cache_creation_1h INTEGER NOT NULL,
+        cache_read INTEGER NOT NULL,
+        web_search INTEGER NOT NULL,
+        speed TEXT,
+        geo TEXT,
+        cost REAL,
+        counted INTEGER NOT NULL DEFAULT 1
+    );
+    INSERT INTO responses_v4 (rowid, key, message_id, ts, model, session_id, project,
+        is_sidechain, input, output, cache_creation, cache_creation_1h, cache_read,
+        web_search, speed, geo, cost, counted)
+    SELECT rowid, key, message_id, ts, model, session_id, project, is_sidechain, input,
+        output, cache_creation, cache_creation_1h, cache_read, web_search, speed, geo, cost,
+        counted
+    FROM responses ORDER BY rowid;
+    DROP TABLE responses;
+    ALTER TABLE responses_v4 RENAME TO responses;
+    CREATE UNIQUE INDEX responses_key ON responses(key);
+    """,
 ]
+
+KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS responses_key ON responses(key)"
+"""The one key per response that `ON CONFLICT(key)` needs. A bulk load onto an
+empty table drops it too (it knows every key it wrote) and settling builds it."""
 
 RESPONSE_INDEXES: dict[str, str] = {
     "responses_message": "responses(message_id)",

@@ -38,7 +38,7 @@ from claude_usaged import outbox
 from claude_usaged.aggregates import Aggregator
 from claude_usaged.parser import ParseResult
 from claude_usaged.pricing import PriceTable
-from claude_usaged.schema import MIGRATIONS, PRAGMAS, RESPONSE_INDEXES
+from claude_usaged.schema import KEY_INDEX, MIGRATIONS, PRAGMAS, RESPONSE_INDEXES
 from claude_usaged.tailer import Cursor, TailResult
 from claude_usaged.usage import BUCKET_MS, UsageRecord, dedupe
 from claude_usaged.windows import Block, build_blocks
@@ -78,6 +78,15 @@ WHERE (-(excluded.input + excluded.output + excluded.cache_creation + excluded.c
     < (-(responses.input + responses.output + responses.cache_creation + responses.cache_read),
        responses.ts, responses.session_id, responses.project)
 """
+
+_COLUMNS = (
+    "key, message_id, ts, model, session_id, project, is_sidechain, input, output, "
+    "cache_creation, cache_creation_1h, cache_read, web_search, speed, geo, cost"
+)
+_VALUES = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, 0), NULLIF(?, 0), ?"
+_INSERT_AT = f"INSERT INTO responses (rowid, {_COLUMNS}, counted) VALUES (?, {_VALUES}, 1)"
+"""A bulk load's new row, at the rowid it would get from `_UPSERT` (no key index yet)."""
+_REPLACE_AT = f"UPDATE responses SET ({_COLUMNS}) = ({_VALUES}) WHERE rowid = ?"
 
 # A sidechain response that shares its message.id with a non-sidechain one, or
 # with an earlier sidechain one, is a replay (FORMAT.md rule 3): not counted.
@@ -295,6 +304,7 @@ class Store:
         await self._create_indexes()
 
     async def _create_indexes(self) -> None:
+        await self._db.execute(KEY_INDEX)
         for name, target in RESPONSE_INDEXES.items():
             await self._db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
 
@@ -345,7 +355,7 @@ class Store:
         skipped = sum(sum(res.parsed.skipped.values()) for res in results)
         cursors = [_cursor_row(res.cursor) for res in results if res.cursor is not None]
         db = self._db
-        bulk_rows: list[tuple[Any, ...]] = []
+        stored: list[tuple[Any, ...]] = []
         await db.execute("BEGIN IMMEDIATE")
         try:
             dirty = await self._meta("dirty") == "1"
@@ -354,10 +364,11 @@ class Store:
                     self._loaded = {} if await self._responses_empty() else None
                     for name in RESPONSE_INDEXES:
                         await db.execute(f"DROP INDEX IF EXISTS {name}")
+                    if self._loaded is not None:
+                        await db.execute("DROP INDEX IF EXISTS responses_key")
                     await self._set_meta("dirty", "1")
                 changed = list(best.values())
-                bulk_rows = [_response_row(r) for r in changed]
-                await db.executemany(_UPSERT, bulk_rows)
+                stored = await self._bulk_write([_response_row(r) for r in changed])
             else:
                 changed = await self._apply_incremental(best)
             await db.executemany(
@@ -372,13 +383,45 @@ class Store:
             await db.execute("ROLLBACK")
             raise
         if self._loaded is not None:
-            _keep_best(self._loaded, bulk_rows)
+            self._loaded.update((row[0], row) for row in stored)
             if len(self._loaded) > LOADED_ROWS:
                 self._loaded = None
         self.outbox_pending += queued
         if changed or lines:
             self.generation += 1
         return ApplyOutcome(changed=changed, lines=lines, skipped=skipped)
+
+    async def _bulk_write(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Write a bulk batch; returns the rows stored (new, or better than before).
+
+        Onto an empty table (`_loaded` holds every row written so far, and there is
+        no key index yet) new keys are plain inserts with the next rowids, and a
+        better snapshot of a key already written replaces its row by rowid: the
+        same rows, in the same rowid order, as `_UPSERT` would leave. Otherwise the
+        key index must exist (it is built again if this load gave up its rows).
+        """
+        db = self._db
+        loaded = self._loaded
+        if loaded is None:
+            await db.execute(KEY_INDEX)
+            await db.executemany(_UPSERT, rows)
+            return rows
+        new: list[tuple[Any, ...]] = []
+        better: list[tuple[Any, ...]] = []
+        for row in rows:
+            old = loaded.get(row[0])
+            if old is None:
+                new.append(row)
+            elif _rank(row) < _rank(old):
+                better.append(row)
+        first = len(loaded) + 1  # rowids 1, 2, ... in the order rows were first stored
+        await db.executemany(
+            _INSERT_AT, [(rowid, *row) for rowid, row in enumerate(new, start=first)]
+        )
+        if better:
+            rowid_of = {key: rowid for rowid, key in enumerate(loaded, start=1)}
+            await db.executemany(_REPLACE_AT, [(*row, rowid_of[row[0]]) for row in better])
+        return new + better
 
     async def apply_records(self, records: Sequence[UsageRecord]) -> ApplyOutcome:
         """Store records that come from no file (a forwarded batch): no cursor, no lines."""
@@ -550,10 +593,11 @@ class Store:
         """
         db = self._db
         indexing = asyncio.gather(
+            db.execute(KEY_INDEX),
             *(
                 db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
                 for name, target in RESPONSE_INDEXES.items()
-            )
+            ),
         )
         await asyncio.sleep(0)  # every statement is queued, in order, before Python works
         try:
@@ -656,14 +700,6 @@ class Store:
             await db.execute("ROLLBACK")
             raise
         return result
-
-
-def _keep_best(loaded: dict[str, tuple[Any, ...]], rows: Iterable[tuple[Any, ...]]) -> None:
-    """Merge stored rows into `loaded` as `_UPSERT` merged them into the table."""
-    for row in rows:
-        old = loaded.get(row[0])
-        if old is None or _rank(row) < _rank(old):
-            loaded[row[0]] = row
 
 
 def _block_row(b: Block) -> tuple[Any, ...]:

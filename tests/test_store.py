@@ -1062,3 +1062,56 @@ async def test_message_content_never_reaches_the_database_or_the_logs(
     assert secret not in json.dumps(logs, default=str)
     skipped = [e for e in logs if e["event"] == "lines.skipped"]
     assert skipped and all(e["count"] >= 1 for e in skipped)
+
+
+async def test_migration_4_keeps_every_response_and_its_rowid(tmp_path: Path) -> None:
+    """A version-3 database (responses keyed by a TEXT PRIMARY KEY) opens as version 4:
+    the same rows at the same rowids, a unique key index, and upserts still merge."""
+    from claude_usaged.schema import MIGRATIONS
+    from claude_usaged.usage import UsageRecord
+
+    db = tmp_path / "v3.sqlite3"
+    con = sqlite3.connect(db, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:3], start=1):
+        con.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    rows = [  # rowids with a gap; a sidechain replay of m1 (counted 0), unpriced, fast
+        (1, "m1:r1", "m1", 1_000, "claude-sonnet-4-5", "s1", "/p", 0, 1, 2, 3, 0, 4, 0,
+         None, None, 0.25, 1),
+        (7, "m2:r2", "m1", 2_000, "mystery", "s1", "/p", 1, 5, 6, 0, 0, 0, 1,
+         "fast", None, None, 0),
+        (9, "m3:r3", "m3", 3_000, "claude-opus-4-1", "s2", "/q", 0, 7, 8, 9, 9, 10, 0,
+         None, "us", 1.5, 1),
+    ]  # fmt: skip
+    con.executemany(f"INSERT INTO responses (rowid, {store_module._COLUMNS}, counted) "
+                    f"VALUES ({','.join('?' * 18)})", rows)  # fmt: skip
+    con.close()
+
+    store = await Store.open(db, PriceTable.load())
+    await store.close()
+    with connect(db) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 4
+        kept = con.execute(
+            f"SELECT rowid, {store_module._COLUMNS}, counted FROM responses ORDER BY rowid"
+        ).fetchall()
+        (key_index,) = con.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'responses_key'"
+        ).fetchone()
+        autoindexes = con.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name LIKE 'sqlite_autoindex_responses%'"
+        ).fetchone()[0]
+    assert [row[:16] for row in kept] == [row[:16] for row in rows]  # costs may be repriced
+    assert [row[17] for row in kept] == [1, 0, 1]
+    assert key_index == "CREATE UNIQUE INDEX responses_key ON responses(key)"
+    assert autoindexes == 0
+    # a larger snapshot of m1 replaces its row in place; nothing is duplicated
+    store = await Store.open(db, PriceTable.load())
+    better = UsageRecord(
+        "m1:r1", "m1", 1_000, "claude-sonnet-4-5", "s1", "/p", False, 1, 20, 3, 0, 4
+    )
+    await store.apply_records([better])
+    await store.close()
+    with connect(db) as con:
+        assert con.execute(
+            "SELECT rowid, output FROM responses WHERE key = 'm1:r1'"
+        ).fetchall() == [(1, 20)]
+        assert con.execute("SELECT count(*) FROM responses").fetchone()[0] == 3
