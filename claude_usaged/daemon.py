@@ -85,9 +85,13 @@ async def _notify_caught_up(caught_up: asyncio.Future[None], ingest: Ingest, url
     sdnotify.notify(f"STATUS=serving {url}; {state.files} files, {ingest.lines} lines read")
 
 
-async def _checkpoint_when(caught_up: asyncio.Future[None], store: Store) -> None:
+async def _finish_store(caught_up: asyncio.Future[None], store: Store, checkpoint: bool) -> None:
+    """Once the first catch-up is served: the indexes it left to build, and (after a
+    head start, whose child merged none) the WAL merged into the database."""
     await caught_up
-    await store.checkpoint()
+    await store.create_indexes()
+    if checkpoint:
+        await store.checkpoint()
 
 
 async def _watchdog(interval: float) -> None:
@@ -176,6 +180,10 @@ class Daemon:
     async def startup(self) -> None:
         s = self.settings
         _check_team(s)
+        self._watcher = Watcher(s.claude_dirs)
+        if self.head_start is not None:
+            # idle until the child is done: add the watches meanwhile (events queue up)
+            await self._watcher.start()
         if not await self._after_head_start():
             return
         try:
@@ -192,7 +200,9 @@ class Daemon:
             self._lock = None
             raise StartupError(f"cannot open database {s.db}: {exc}") from None
         try:
-            self._store = await Store.open(s.db, prices, forward_to=s.forward_target)
+            self._store = await Store.open(
+                s.db, prices, forward_to=s.forward_target, defer_indexes=True
+            )
             if s.accept_forwarded:
                 raise_open_files_limit()
                 self._team = await Team.open(s.db, prices, s.zone)
@@ -202,12 +212,11 @@ class Daemon:
             raise StartupError(f"cannot create the team databases: {exc}") from None
         store = self._store
         ingest = Ingest(store, s.claude_dirs)
-        await ingest.start()
+        first_scan = await ingest.start()
         self.forwarder = forwarder_for(s, store)
         if self.forwarder is not None:
             ingest.listeners.append(self.forwarder.wake)
         self._read = await ReadModel.open(s.db, s.zone, lambda: store.generation)
-        self._watcher = Watcher(s.claude_dirs)
         ctx = ApiContext(
             read=self._read,
             ingest=ingest,
@@ -244,9 +253,12 @@ class Daemon:
             )
             ingest.listeners.append(self.forwarder.wake)
         self._tasks.append(asyncio.create_task(_supervise_ingest(ingest), name="ingest"))
-        await self._watcher.start()
-        # a change made while the watches were being added sent no event: look once more
-        caught_up = ingest.request_rescan()
+        if self.head_start is None:
+            await self._watcher.start()
+            # a change made while the watches were being added sent no event: look once more
+            caught_up = ingest.request_rescan()
+        else:
+            caught_up = first_scan  # the watches were in place before it began
         self._tasks.append(asyncio.create_task(_feed(self._watcher, ingest), name="watch"))
         self._tasks.append(
             asyncio.create_task(
@@ -275,11 +287,11 @@ class Daemon:
         self._tasks.append(
             asyncio.create_task(_notify_caught_up(caught_up, ingest, url), name="notify")
         )
-        if self.head_start is not None:
-            # merge the head start's WAL into the database once the daemon serves
-            self._tasks.append(
-                asyncio.create_task(_checkpoint_when(caught_up, store), name="checkpoint")
+        self._tasks.append(
+            asyncio.create_task(
+                _finish_store(caught_up, store, self.head_start is not None), name="finish"
             )
+        )
         interval = sdnotify.watchdog_interval()
         if interval is not None:
             self._tasks.append(asyncio.create_task(_watchdog(interval), name="watchdog"))

@@ -203,7 +203,10 @@ def _catch_up(settings: Settings) -> int:
         return 2  # the parent reports the lock
 
     async def run() -> None:
-        store = await Store.open(settings.db, prices, forward_to=settings.forward_target)
+        # the daemon builds the secondary indexes and checkpoints once it serves
+        store = await Store.open(
+            settings.db, prices, forward_to=settings.forward_target, defer_indexes=True
+        )
         await store.defer_checkpoints()
         try:
             await catch_up(Ingest(store, settings.claude_dirs))

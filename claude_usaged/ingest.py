@@ -71,13 +71,14 @@ class Ingest:
         self.lines = 0
         self.skipped_lines = 0
 
-    async def start(self) -> None:
+    async def start(self) -> asyncio.Future[None]:
+        """Load the cursors and ask for the first rescan; returns its future."""
         self.cursors = await self.store.load_cursors()
         counters = await self.store.counters()
         self.lines = counters.get("lines", 0)
         self.skipped_lines = counters.get("skipped_lines", 0)
         self.state.files = len(self.cursors)
-        self.request_rescan()
+        return self.request_rescan()
 
     # -- requests (any task) -----------------------------------------------------
 

@@ -252,19 +252,34 @@ class Store:
         self.outbox_pending = 0
         """Outbox rows not yet acknowledged by the receiver."""
         self._writing = asyncio.Lock()
+        self.defer_indexes = False
+        """Leave the secondary indexes to `create_indexes` (see `open`)."""
         self._loaded: dict[str, tuple[Any, ...]] | None = None
         """Every row of a bulk load that began on an empty table, by key, in rowid
         order (first stored first), as committed; None when there is no such load."""
 
     @classmethod
-    async def open(cls, path: Path, prices: PriceTable, *, forward_to: str | None = None) -> Store:
-        """Open (creating or migrating) the database; `forward_to` enables the outbox."""
+    async def open(
+        cls,
+        path: Path,
+        prices: PriceTable,
+        *,
+        forward_to: str | None = None,
+        defer_indexes: bool = False,
+    ) -> Store:
+        """Open (creating or migrating) the database; `forward_to` enables the outbox.
+
+        `defer_indexes`: the secondary indexes of `responses` (RESPONSE_INDEXES) are
+        not built at open nor after a bulk load, but by `create_indexes` (the daemon
+        calls it once it serves). Queries are right without them, only slower.
+        """
         try:
             create_private_file(path)
             db = await aiosqlite.connect(path, isolation_level=None)
         except (OSError, aiosqlite.Error) as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from exc
         store = cls(db, path, prices)
+        store.defer_indexes = defer_indexes
         try:
             await store._migrate()
             await store._recover()
@@ -301,12 +316,19 @@ class Store:
                 f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
             )
             log.info("store.migrated", version=number)
-        await self._create_indexes()
+        await self._db.execute(KEY_INDEX)
+        if not self.defer_indexes:
+            await self._create_indexes()
 
     async def _create_indexes(self) -> None:
         await self._db.execute(KEY_INDEX)
         for name, target in RESPONSE_INDEXES.items():
             await self._db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
+
+    @_serialized
+    async def create_indexes(self) -> None:
+        """Build any missing index of `responses` (after a deferred bulk load)."""
+        await self._create_indexes()
 
     async def _meta(self, name: str) -> str | None:
         async with self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)) as cur:
@@ -592,11 +614,12 @@ class Store:
         builds the indexes in its own thread, without the GIL, meanwhile.
         """
         db = self._db
+        secondary = {} if self.defer_indexes else RESPONSE_INDEXES
         indexing = asyncio.gather(
             db.execute(KEY_INDEX),
             *(
                 db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
-                for name, target in RESPONSE_INDEXES.items()
+                for name, target in secondary.items()
             ),
         )
         await asyncio.sleep(0)  # every statement is queued, in order, before Python works

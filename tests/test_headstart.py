@@ -23,6 +23,7 @@ from conftest import assistant, write_lines
 from test_process import ENC, STOP_TIMEOUT, Proc, clean_env, command, launch, log_events, poll
 
 from claude_usaged.instance import InstanceLock
+from claude_usaged.schema import RESPONSE_INDEXES
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork: no head start")
 
@@ -96,6 +97,15 @@ def test_head_start_and_none_give_the_same_answers(
     caught = [e for e in events["with"] if e["event"] == "ingest.caught_up"]
     assert [(e.get("process"), e["lines"]) for e in caught] == [("head_start", 6), (None, 6)]
     assert not [e for e in events["without"] if e["event"].startswith("head_start")]
+    # the indexes a bulk load leaves out are built once the daemon serves
+    for proc in (with_child, without):
+        assert index_names(proc.db) >= set(RESPONSE_INDEXES) | {"responses_key"}
+
+
+def index_names(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+    return {name for (name,) in rows}
 
 
 def _children(pid: int) -> list[int]:
@@ -172,6 +182,11 @@ def test_a_child_killed_mid_way_loses_nothing(
     try:
         popen = _spawn(db, root, tmp_path / "home", started)
         (child,) = poll(lambda: _children(popen.pid), 10.0, "the head start child")
+        # written while the child waits: the daemon's own scan must count it
+        write_lines(
+            root / "projects" / ENC / "s3.jsonl",
+            [assistant("m5", "r5", "2025-11-22T09:00:00.000Z", output_tokens=9)],
+        )
         os.kill(child, signal.SIGKILL)
     finally:
         holder.rollback()
@@ -181,14 +196,15 @@ def test_a_child_killed_mid_way_loses_nothing(
     proc = Proc(popen, json.loads(addr.read_text())["url"], db)
     poll(lambda: proc.get("/health")["caught_up"], 10.0, "the catch-up")
     stats = proc.get("/stats")
-    assert (stats["total_tokens"], stats["ingest"]["responses"]) == (total, 4)
+    assert (stats["total_tokens"], stats["ingest"]["responses"]) == (total + 9, 5)
+    assert proc.get("/health")["head_start"]["exit_status"] == -signal.SIGKILL
     status, stderr = proc.stop(signal.SIGTERM)
     assert status == 0
     events = log_events(stderr)
     (done,) = [e for e in events if e["event"] == "head_start.done"]
     assert done["exit_status"] == -signal.SIGKILL
     caught = [e for e in events if e["event"] == "ingest.caught_up"]
-    assert [(e.get("process"), e["lines"]) for e in caught] == [(None, 6)]
+    assert [(e.get("process"), e["lines"]) for e in caught] == [(None, 7)]
 
 
 def test_turned_off_there_is_no_child(tmp_path: Path) -> None:
