@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -157,20 +158,34 @@ def start(settings: Settings) -> HeadStart | None:
         return None
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return HeadStart(pid)
     status = 1
     try:
-        status = _child(settings)
+        status = _child(settings, parent)
     finally:
         os._exit(status)
 
 
-def _child(settings: Settings) -> int:
+ORPHAN_POLL = 0.05
+"""How often the child checks that the daemon that forked it still runs."""
+
+
+def _end_if_orphaned(parent: int) -> None:
+    """A thread of the child: a daemon killed outright (SIGKILL, OOM) cannot stop its
+    child, so the child stops itself once its parent is gone."""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_POLL)
+    os._exit(3)
+
+
+def _child(settings: Settings, parent: int) -> int:
     # the parent answers Ctrl-C and systemd's stop; the child just ends (SQLite rolls back)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    threading.Thread(target=_end_if_orphaned, args=(parent,), daemon=True).start()
     import structlog
 
     log = structlog.get_logger(__name__)

@@ -226,3 +226,36 @@ def test_turned_off_there_is_no_child(tmp_path: Path) -> None:
         text=True,
     )
     assert (on.stdout.strip(), off.stdout.strip()) == ("True", "False"), on.stderr + off.stderr
+
+
+@needs_proc
+def test_a_daemon_killed_outright_leaves_no_child_behind(
+    tmp_path: Path, started: list[subprocess.Popen[str]]
+) -> None:
+    """SIGKILL of the daemon cannot pass a stop on: the child notices and ends itself."""
+    root = tmp_path / "claude"
+    history(root)
+    db = tmp_path / "data" / "u.sqlite3"
+    holder = _locked_database(db)
+    try:
+        popen = _spawn(db, root, tmp_path / "home", started)
+        (child,) = poll(lambda: _children(popen.pid), 10.0, "the head start child")
+        popen.kill()
+        popen.wait()  # not communicate(): the child holds the same pipes
+
+        def gone() -> bool:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                return True
+            # an exited orphan is a zombie until init reaps it: that counts as gone
+            stat = Path(f"/proc/{child}/stat").read_text()
+            return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+        poll(gone, 2.0, "the orphaned child to end")  # it would wait 5 s for the lock
+    finally:
+        holder.rollback()
+        holder.close()
+    lock = InstanceLock(db)
+    lock.acquire()  # nobody holds the database any more
+    lock.release()
