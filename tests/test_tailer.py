@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 
@@ -337,3 +338,22 @@ def test_file_names_stand_in_for_missing_session_and_project(tmp_path: Path) -> 
     for path in (main, sub):
         (rec,) = read(path).parsed.records
         assert (rec.session_id, rec.project) == ("sess-1", "-home-dev-api")
+
+
+def test_fallbacks_per_folder_equal_the_whole_paths_parts() -> None:
+    """The folder-cached session/project fallbacks equal the pathlib definition for
+    odd paths too: subagents anywhere, dots, doubled or trailing slashes, bad bytes."""
+    rng = random.Random(5)
+    names = ["a", "subagents", "x.jsonl", "sess-1", "-home-dev", "..", ".", "", "é", "s\udcff",
+             "agent-1.jsonl", ".jsonl", "a.b.jsonl", "subagents.jsonl", "x."]  # fmt: skip
+    for _ in range(20_000):
+        path = ("/" if rng.random() < 0.7 else "") + "/".join(
+            rng.choice(names) for _ in range(rng.randint(1, 6))
+        )
+        if rng.random() < 0.1:
+            path = path.replace("/", "//", 1)
+        if rng.random() < 0.05:
+            path += "/"
+        assert tailer._fallbacks(path) == tailer._fallbacks_of_parts(path), path
+    assert tailer._fallbacks("/p/-home-dev/s1/subagents/agent-a.jsonl") == ("s1", "-home-dev")
+    assert tailer._fallbacks("/p/-home-dev/s1.jsonl") == ("s1", "-home-dev")
