@@ -231,19 +231,25 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from claude_usaged.settings import SettingsError, load_settings
-
-    try:
-        settings = load_settings(vars(args))
-    except SettingsError as exc:
-        print(f"claude-usaged: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
     from claude_usaged import headstart
-    from claude_usaged.log import configure_logging
 
-    configure_logging(settings.log_format, settings.log_level)
-    # the first catch-up starts in a child while this process imports the rest
-    head = headstart.start(settings)
+    # the first catch-up runs in a child, which imports what it needs while this
+    # process reads its settings, and catches up while it imports the rest
+    early = headstart.fork_early()
+    try:
+        from claude_usaged.log import configure_logging
+        from claude_usaged.settings import SettingsError, load_settings
+
+        try:
+            settings = load_settings(vars(args))
+        except SettingsError as exc:
+            print(f"claude-usaged: {exc}", file=sys.stderr)
+            return EXIT_STARTUP
+        configure_logging(settings.log_format, settings.log_level)
+        head = early.go(settings) if early is not None else None
+    finally:
+        if early is not None and early.waiting:
+            early.cancel()  # no job was sent (an error, or a stop)
     if head is not None:
         # until the event loop handles it, a stop must still end both processes cleanly
         signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -1,18 +1,21 @@
 """A head start: the first catch-up runs in a child process while the daemon starts.
 
-Before it can serve, `claude-usaged run` spends about 0.3 s of CPU importing its
-HTTP server, forwarder and watcher, and reading a cold 500 MB history takes
-longer than that again; in one process both hold the same GIL. So `run` forks
-(before any thread exists) and the child does `sync --once`'s catch-up (the same
-`Ingest`, transactions, cursors and outbox) on the other core while the parent
-imports. The parent waits for the child before it takes the database's lock.
+Before it can serve, `claude-usaged run` spends about 0.5 s of CPU reading its
+settings (pydantic) and importing its HTTP server, forwarder and watcher, and
+reading a cold 500 MB history takes longer than that again; in one process all
+of it holds the same GIL. So `run` forks first thing (no thread exists yet):
+the child imports what a catch-up needs while the parent reads its settings,
+gets its `Job` on a pipe, and does `sync --once`'s catch-up (the same `Ingest`,
+transactions, cursors and outbox) on the other core while the parent imports.
+The parent waits for the child before it takes the database's lock.
 
 The child only saves time, it decides nothing: whatever it did not finish (it
 was killed, it failed, a file changed meanwhile) the daemon's own first rescan
 reads, exactly as after any restart. It takes the instance lock like every
 writer, so beside a running daemon it does nothing and the parent reports the
-lock as before; with a port already taken or a team server that may not start,
-there is no child and the parent's error comes at once. `CLAUDE_USAGED_HEAD_START=0`
+lock as before. With bad settings, a port already taken or a team server that
+may not start, the child gets no job and ends at once, and the parent's error
+comes as before. It ends itself, too, if the daemon dies. `CLAUDE_USAGED_HEAD_START=0`
 turns it off.
 """
 
@@ -21,15 +24,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import signal
 import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from claude_usaged.settings import Settings
+if TYPE_CHECKING:  # the child must not import pydantic: it gets a Job
+    from claude_usaged.settings import Settings
 
 ENV = "CLAUDE_USAGED_HEAD_START"
 
@@ -145,26 +152,97 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def enabled() -> bool:
+    """Whether `run` forks a head start at all (`fork` exists and it is not turned off)."""
+    return hasattr(os, "fork") and os.environ.get(ENV, "1").lower() not in ("0", "false", "no")
+
+
 def wanted(settings: Settings) -> bool:
     """Fork only where it can help: never when the daemon is about to refuse to start."""
-    if not hasattr(os, "fork") or os.environ.get(ENV, "1").lower() in ("0", "false", "no"):
+    if not enabled():
         return False
     return settings.team_problem() is None and _port_free(settings.host, settings.port)
 
 
-def start(settings: Settings) -> HeadStart | None:
-    """Fork the child; call it before any thread starts. None when not wanted."""
-    if not wanted(settings):
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What the child needs of the settings (sent as JSON: the child imports no pydantic)."""
+
+    db: str
+    claude_dirs: list[str]
+    prices: str | None
+    forward_target: str | None
+    log_format: str
+    log_level: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> Job:
+        return cls(
+            db=str(settings.db),
+            claude_dirs=[str(d) for d in settings.claude_dirs],
+            prices=None if settings.prices is None else str(settings.prices),
+            forward_target=settings.forward_target,
+            log_format=settings.log_format,
+            log_level=settings.log_level,
+        )
+
+
+class Pending:
+    """A child forked before the settings were read, waiting for its job on a pipe."""
+
+    def __init__(self, pid: int, job_fd: int) -> None:
+        self.pid = pid
+        self._fd: int | None = job_fd
+
+    def go(self, settings: Settings) -> HeadStart | None:
+        """Send the job; or, when a head start cannot help, end the child (None)."""
+        if not wanted(settings):
+            self.cancel()
+            return None
+        assert self._fd is not None
+        fd, self._fd = self._fd, None
+        try:
+            os.write(fd, json.dumps(asdict(Job.of(settings))).encode())
+        except OSError:
+            pass  # the child is gone already: the daemon reads its status and does the work
+        finally:
+            os.close(fd)
+        return HeadStart(self.pid)
+
+    @property
+    def waiting(self) -> bool:
+        """True until the job is sent or the child is cancelled."""
+        return self._fd is not None
+
+    def cancel(self) -> None:
+        """No job: the child reads end-of-file and exits; reaped here."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            os.waitpid(self.pid, 0)
+
+
+def fork_early() -> Pending | None:
+    """Fork before the settings are read (call it before any thread starts).
+
+    The child imports what the catch-up needs while the parent reads its settings
+    (pydantic) and sets up logging; then `Pending.go` sends it the job. None when
+    head starts are turned off or there is no `fork`.
+    """
+    if not enabled():
         return None
     sys.stdout.flush()
     sys.stderr.flush()
     parent = os.getpid()
+    job_read, job_write = os.pipe()
     pid = os.fork()
     if pid:
-        return HeadStart(pid)
+        os.close(job_read)
+        return Pending(pid, job_write)
+    os.close(job_write)
     status = 1
     try:
-        status = _child(settings, parent)
+        status = _child(job_read, parent)
     finally:
         os._exit(status)
 
@@ -181,23 +259,33 @@ def _end_if_orphaned(parent: int) -> None:
     os._exit(3)
 
 
-def _child(settings: Settings, parent: int) -> int:
+def _child(job_fd: int, parent: int) -> int:
     # the parent answers Ctrl-C and systemd's stop; the child just ends (SQLite rolls back)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     threading.Thread(target=_end_if_orphaned, args=(parent,), daemon=True).start()
+    # imported while the parent reads its settings
     import structlog
 
+    from claude_usaged import ingest, store  # noqa: F401
+    from claude_usaged.log import configure_logging
+
+    with os.fdopen(job_fd, "rb") as pipe:
+        data = pipe.read()
+    if not data:
+        return 0  # cancelled: the daemon will not start, or will not need it
+    job = Job(**json.loads(data))
+    configure_logging(job.log_format, job.log_level)  # type: ignore[arg-type]
     log = structlog.get_logger(__name__)
     structlog.contextvars.bind_contextvars(process="head_start")
     try:
-        return _catch_up(settings)
+        return _catch_up(job)
     except Exception as exc:
         log.warning("head_start.failed", error=f"{type(exc).__name__}: {exc}")
         return 1
 
 
-def _catch_up(settings: Settings) -> int:
+def _catch_up(job: Job) -> int:
     from claude_usaged.ingest import Ingest, catch_up
     from claude_usaged.instance import AlreadyRunning, InstanceLock
     from claude_usaged.limits import limit_malloc_arenas
@@ -208,10 +296,11 @@ def _catch_up(settings: Settings) -> int:
     # a short-lived process whose objects all live to its end: collecting finds nothing
     gc.disable()
     try:
-        prices = PriceTable.load(settings.prices)
+        prices = PriceTable.load(None if job.prices is None else Path(job.prices))
     except PriceFileError:
         return 2  # the parent says what is wrong with the file
-    lock = InstanceLock(settings.db)
+    db = Path(job.db)
+    lock = InstanceLock(db)
     try:
         lock.acquire()
     except (AlreadyRunning, OSError):
@@ -219,12 +308,10 @@ def _catch_up(settings: Settings) -> int:
 
     async def run() -> None:
         # the daemon builds the secondary indexes and checkpoints once it serves
-        store = await Store.open(
-            settings.db, prices, forward_to=settings.forward_target, defer_indexes=True
-        )
+        store = await Store.open(db, prices, forward_to=job.forward_target, defer_indexes=True)
         await store.defer_checkpoints()
         try:
-            await catch_up(Ingest(store, settings.claude_dirs))
+            await catch_up(Ingest(store, [Path(d) for d in job.claude_dirs]))
         except BaseException:
             await store.close()
             raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -259,3 +260,48 @@ def test_a_daemon_killed_outright_leaves_no_child_behind(
     lock = InstanceLock(db)
     lock.acquire()  # nobody holds the database any more
     lock.release()
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text.encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+@needs_proc
+@pytest.mark.parametrize("bad", ["setting", "port"])
+def test_a_daemon_that_cannot_start_leaves_no_child_and_no_database(
+    tmp_path: Path, bad: str
+) -> None:
+    """Bad settings or a taken port: exit 3 as before; the child got no job, read
+    nothing and is gone."""
+    root = tmp_path / "claude"
+    history(root)
+    db = tmp_path / "data" / "u.sqlite3"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        args = ["--tz", "Mars/Olympus"] if bad == "setting" else []
+        port = str(sock.getsockname()[1]) if bad == "port" else "0"
+        done = subprocess.run(
+            [*command(db, port=False), "--port", port, *args],
+            env=clean_env(root, tmp_path / "home"),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr
+    if bad == "setting":
+        assert not db.exists()
+    else:  # the daemon opens its database before it binds (as without a head start)
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM responses").fetchone() == (0,)
+    assert _processes_naming(str(db)) == []
