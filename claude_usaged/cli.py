@@ -233,9 +233,17 @@ def _run(args: argparse.Namespace) -> int:
 
     from claude_usaged import headstart
 
+    # until the event loop handles them, a stop (or Ctrl-C) ends the start quietly
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     # the first catch-up runs in a child, which imports what it needs while this
     # process reads its settings, and catches up while it imports the rest
-    early = headstart.fork_early()
+    try:
+        early = headstart.fork_early()
+    except headstart.BadSwitch as exc:
+        print(f"claude-usaged: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except KeyboardInterrupt:
+        return 0
     try:
         from claude_usaged.log import configure_logging
         from claude_usaged.settings import SettingsError, load_settings
@@ -247,12 +255,11 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_STARTUP
         configure_logging(settings.log_format, settings.log_level)
         head = early.go(settings) if early is not None else None
+    except KeyboardInterrupt:
+        return 0
     finally:
         if early is not None and early.waiting:
             early.cancel()  # no job was sent (an error, or a stop)
-    if head is not None:
-        # until the event loop handles it, a stop must still end both processes cleanly
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         from claude_usaged.daemon import Daemon, StartupError
 
@@ -265,8 +272,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     finally:
         if head is not None and head.outcome is None:
-            head.terminate()
-            head.wait()
+            head.stop()
     return 0
 
 

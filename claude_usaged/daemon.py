@@ -19,10 +19,10 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from claude_usaged import outbox, sdnotify
+from claude_usaged import outbox, sdnotify, starting
 from claude_usaged.api import ApiContext, make_app
 from claude_usaged.forwarder import Forwarder
-from claude_usaged.headstart import HeadStart
+from claude_usaged.headstart import STOP_GRACE, HeadStart
 from claude_usaged.ingest import Ingest
 from claude_usaged.instance import AlreadyRunning, InstanceLock
 from claude_usaged.limits import limit_malloc_arenas, raise_open_files_limit
@@ -125,6 +125,15 @@ def _check_team(settings: Settings) -> None:
         raise StartupError(problem)
 
 
+def _listen_error(host: str, port: int, exc: OSError) -> StartupError:
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(
+            f"cannot listen on {host}:{port}: the port is already in use "
+            "(choose another with --port, or --port 0 for any free one)"
+        )
+    return StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
 def forwarder_for(settings: Settings, store: Store) -> Forwarder | None:
     """The outbox's delivery loop when a forward URL is set (`run` and `sync --once`)."""
     if not settings.forward_url:
@@ -161,6 +170,7 @@ class Daemon:
         self.address: tuple[str, int] | None = None
         self._lock: InstanceLock | None = None
         self._team: Team | None = None
+        self._starting: web.AppRunner | None = None
 
     async def _after_head_start(self) -> bool:
         """Wait for the head start's child to finish its catch-up; False if a stop came first."""
@@ -173,9 +183,39 @@ class Daemon:
         stopping.cancel()
         if not finished.done():
             head.terminate()
+            try:
+                await asyncio.wait_for(asyncio.shield(finished), STOP_GRACE)
+            except TimeoutError:
+                head.kill()  # stopped (SIGSTOP), or stuck: SIGKILL ends it anyway
         outcome = await finished
         log.info("head_start.done", **outcome.to_json())
         return not self.stop_event.is_set()
+
+    async def _child_holds_lock(self) -> bool:
+        """Whether the head start's child got the database's lock (before that, the
+        address file may still belong to another daemon on this database)."""
+        assert self.head_start is not None
+        locked = asyncio.ensure_future(self.head_start.holds_lock())
+        stopping = asyncio.ensure_future(self.stop_event.wait())
+        await asyncio.wait({locked, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not locked.done():
+            locked.cancel()
+            return False
+        return locked.result()
+
+    async def _listen_while_starting(self) -> None:
+        """Answer on the daemon's address while the child works (starting.py)."""
+        s = self.settings
+        try:
+            self._starting, host, port = await starting.listen(s.host, s.port)
+        except OSError as exc:
+            raise _listen_error(s.host, s.port, exc) from None
+        self.address = (host, port)
+        write_address(address_file(s.db), host, port)
+        url = http_url(host, port)
+        log.info("daemon.starting", url=url, reason="head start: first catch-up in a child")
+        sdnotify.notify("READY=1", f"STATUS=listening on {url}; catching up")
 
     async def startup(self) -> None:
         s = self.settings
@@ -184,6 +224,8 @@ class Daemon:
         if self.head_start is not None:
             # idle until the child is done: add the watches meanwhile (events queue up)
             await self._watcher.start()
+            if await self._child_holds_lock():
+                await self._listen_while_starting()
         if not await self._after_head_start():
             return
         try:
@@ -234,17 +276,17 @@ class Daemon:
         # listen first: a taken port fails before any reading starts
         self._runner = web.AppRunner(make_app(ctx), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.host, s.port, reuse_address=True)
+        port = s.port
+        if self._starting is not None:
+            # take over the stand-in's address (the port it got, if it was 0)
+            port = self.address[1] if self.address else port
+            await self._starting.cleanup()
+            self._starting = None
+        site = web.TCPSite(self._runner, s.host, port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise StartupError(
-                    f"cannot listen on {s.host}:{s.port}: the port is already in use "
-                    "(choose another with --port, or --port 0 for any free one)"
-                ) from None
-            reason = exc.strerror or str(exc)
-            raise StartupError(f"cannot listen on {s.host}:{s.port}: {reason}") from None
+            raise _listen_error(s.host, port, exc) from None
         host, port = self._runner.addresses[0][:2]
         if self._team is not None and self.forwarder is None:
             # the team's view includes this machine's own transcripts: forward them to itself
@@ -302,6 +344,8 @@ class Daemon:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, SHUTDOWN_GRACE)
+        if self._starting is not None:
+            await self._starting.cleanup()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.address is not None:  # only the daemon that wrote it removes it

@@ -40,6 +40,12 @@ if TYPE_CHECKING:  # the child must not import pydantic: it gets a Job
 
 ENV = "CLAUDE_USAGED_HEAD_START"
 
+LOCKED = b"L"
+"""What the child writes on its status pipe once it holds the database's lock."""
+
+STOP_GRACE = 2.0
+"""Seconds a stopping daemon gives its child to end on SIGTERM before SIGKILL."""
+
 POLL_SECONDS = 0.005
 """How often the parent looks for the child's exit where there is no pidfd (macOS)."""
 
@@ -64,10 +70,32 @@ class Outcome:
 class HeadStart:
     """The forked child, seen from the parent. Reap it with exactly one waiter."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, status_fd: int | None = None) -> None:
         self.pid = pid
         self.started = time.monotonic()
         self.outcome: Outcome | None = None
+        self._status_fd = status_fd
+
+    async def holds_lock(self) -> bool:
+        """Wait until the child has the database's lock (True), or will never have it:
+        it found the lock taken, failed or ended first (False)."""
+        fd, self._status_fd = self._status_fd, None
+        if fd is None:
+            return False
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(fd, ready)
+        try:
+            await readable
+            return os.read(fd, 1) == LOCKED
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
 
     def poll(self) -> Outcome | None:
         """The outcome if the child has exited (reaping it), else None."""
@@ -109,9 +137,27 @@ class HeadStart:
 
     def terminate(self) -> None:
         """Ask a running child to stop (the daemon is stopping); its transaction rolls back."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """End a child that did not stop (a stopped process ignores SIGTERM until resumed)."""
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
         if self.outcome is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
+                os.kill(self.pid, sig)
+
+    def stop(self) -> Outcome:
+        """terminate, and kill after STOP_GRACE seconds; reaps the child (blocking)."""
+        self.terminate()
+        deadline = time.monotonic() + STOP_GRACE
+        while (outcome := self.poll()) is None:
+            if time.monotonic() > deadline:
+                self.kill()
+                return self.wait()
+            time.sleep(POLL_SECONDS)
+        return outcome
 
     def _ended(self, status: int, usage: object) -> None:
         maxrss = getattr(usage, "ru_maxrss", 0)
@@ -152,9 +198,25 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+_ON = ("1", "true", "yes", "on")
+_OFF = ("0", "false", "no", "off")
+
+
+class BadSwitch(ValueError):
+    """CLAUDE_USAGED_HEAD_START holds something else than on or off."""
+
+
 def enabled() -> bool:
-    """Whether `run` forks a head start at all (`fork` exists and it is not turned off)."""
-    return hasattr(os, "fork") and os.environ.get(ENV, "1").lower() not in ("0", "false", "no")
+    """Whether `run` forks a head start at all (`fork` exists and it is not turned off).
+
+    Raises BadSwitch for a value of CLAUDE_USAGED_HEAD_START that is neither on nor off."""
+    value = os.environ.get(ENV, "1").strip().lower()
+    if value not in _ON + _OFF:
+        raise BadSwitch(
+            f"bad environment variable {ENV}={os.environ[ENV]!r}: "
+            f"use 1 to start the first catch-up in a child (the default) or 0 not to"
+        )
+    return hasattr(os, "fork") and value in _ON
 
 
 def wanted(settings: Settings) -> bool:
@@ -190,9 +252,10 @@ class Job:
 class Pending:
     """A child forked before the settings were read, waiting for its job on a pipe."""
 
-    def __init__(self, pid: int, job_fd: int) -> None:
+    def __init__(self, pid: int, job_fd: int, status_fd: int) -> None:
         self.pid = pid
         self._fd: int | None = job_fd
+        self._status_fd = status_fd
 
     def go(self, settings: Settings) -> HeadStart | None:
         """Send the job; or, when a head start cannot help, end the child (None)."""
@@ -207,7 +270,7 @@ class Pending:
             pass  # the child is gone already: the daemon reads its status and does the work
         finally:
             os.close(fd)
-        return HeadStart(self.pid)
+        return HeadStart(self.pid, self._status_fd)
 
     @property
     def waiting(self) -> bool:
@@ -218,6 +281,7 @@ class Pending:
         """No job: the child reads end-of-file and exits; reaped here."""
         if self._fd is not None:
             os.close(self._fd)
+            os.close(self._status_fd)
             self._fd = None
             os.waitpid(self.pid, 0)
 
@@ -235,14 +299,17 @@ def fork_early() -> Pending | None:
     sys.stderr.flush()
     parent = os.getpid()
     job_read, job_write = os.pipe()
+    status_read, status_write = os.pipe()
     pid = os.fork()
     if pid:
         os.close(job_read)
-        return Pending(pid, job_write)
+        os.close(status_write)
+        return Pending(pid, job_write, status_read)
     os.close(job_write)
+    os.close(status_read)
     status = 1
     try:
-        status = _child(job_read, parent)
+        status = _child(job_read, status_write, parent)
     finally:
         os._exit(status)
 
@@ -259,7 +326,7 @@ def _end_if_orphaned(parent: int) -> None:
     os._exit(3)
 
 
-def _child(job_fd: int, parent: int) -> int:
+def _child(job_fd: int, status_fd: int, parent: int) -> int:
     # the parent answers Ctrl-C and systemd's stop; the child just ends (SQLite rolls back)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -279,13 +346,17 @@ def _child(job_fd: int, parent: int) -> int:
     log = structlog.get_logger(__name__)
     structlog.contextvars.bind_contextvars(process="head_start")
     try:
-        return _catch_up(job)
+        return _catch_up(job, status_fd)
     except Exception as exc:
         log.warning("head_start.failed", error=f"{type(exc).__name__}: {exc}")
         return 1
 
 
-def _catch_up(job: Job) -> int:
+_UNCLOSED: list[object] = []
+"""The child's store, left open on purpose until `os._exit`."""
+
+
+def _catch_up(job: Job, status_fd: int) -> int:
     from claude_usaged.ingest import Ingest, catch_up
     from claude_usaged.instance import AlreadyRunning, InstanceLock
     from claude_usaged.limits import limit_malloc_arenas
@@ -305,6 +376,9 @@ def _catch_up(job: Job) -> int:
         lock.acquire()
     except (AlreadyRunning, OSError):
         return 2  # the parent reports the lock
+    # the daemon may now say where it listens: no other daemon owns this database
+    os.write(status_fd, LOCKED)
+    os.close(status_fd)
 
     async def run() -> None:
         # the daemon builds the secondary indexes and checkpoints once it serves
@@ -317,7 +391,10 @@ def _catch_up(job: Job) -> int:
             raise
         # not closed: closing the last connection merges the WAL into the database
         # (and fsyncs it) while the daemon waits; os._exit leaves it as a crash would,
-        # every transaction committed, and the daemon checkpoints once it serves
+        # every transaction committed, and the daemon checkpoints once it serves.
+        # Kept referenced until then: collected, aiosqlite would warn and stop its
+        # thread, which then reports the closed event loop on the daemon's stderr.
+        _UNCLOSED.append(store)
 
     try:
         asyncio.run(run())

@@ -33,3 +33,22 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    # libraries log through the standard library (watchdog, asyncio): the same lines
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _ToStructlog)]
+    root.addHandler(_ToStructlog())
+    root.setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[level.upper()]))
+
+
+class _ToStructlog(logging.Handler):
+    """A library's log record as one of our events (`library.log`), so stderr holds
+    nothing but our lines: JSON lines when it is not a terminal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's bad format string must not break logging
+            message = str(record.msg)
+        structlog.get_logger(record.name).log(
+            record.levelno, "library.log", logger=record.name, message=message
+        )

@@ -202,4 +202,6 @@ PRAGMAS = (
     "PRAGMA synchronous=NORMAL",
     "PRAGMA busy_timeout=5000",
     "PRAGMA foreign_keys=ON",
+    # a bulk load leaves a WAL of tens of MB: once checkpointed, cut it back
+    "PRAGMA journal_size_limit=8388608",
 )

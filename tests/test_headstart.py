@@ -15,6 +15,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import pytest
 from conftest import assistant, write_lines
 from test_process import ENC, STOP_TIMEOUT, Proc, clean_env, command, launch, log_events, poll
 
+from claude_usaged import __version__
 from claude_usaged.instance import InstanceLock
 from claude_usaged.schema import RESPONSE_INDEXES
 
@@ -305,3 +308,83 @@ def test_a_daemon_that_cannot_start_leaves_no_child_and_no_database(
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT count(*) FROM responses").fetchone() == (0,)
     assert _processes_naming(str(db)) == []
+
+
+@needs_proc
+def test_while_the_child_works_the_address_answers_starting(
+    tmp_path: Path, started: list[subprocess.Popen[str]]
+) -> None:
+    """The address file comes at once: `/health` says starting, other paths 503 with a
+    reason; then the real API answers on the same address."""
+    root = tmp_path / "claude"
+    total = history(root)
+    db = tmp_path / "data" / "u.sqlite3"
+    addr = db.with_name(db.name + ".addr")
+    holder = _locked_database(db)  # the child holds the instance lock, then waits on it
+    try:
+        popen = _spawn(db, root, tmp_path / "home", started)
+        poll(addr.exists, 10.0, "the address file")
+        url = json.loads(addr.read_text())["url"]
+        with urllib.request.urlopen(url + "/health", timeout=5) as resp:
+            assert json.loads(resp.read()) == {
+                "status": "starting", "version": __version__, "caught_up": False
+            }  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + "/stats", timeout=5)
+        assert refused.value.code == 503
+        assert "first time" in json.loads(refused.value.read())["error"]
+    finally:
+        holder.rollback()
+        holder.close()
+    proc = Proc(popen, url, db)
+    poll(lambda: proc.get("/health")["caught_up"], 10.0, "the real API")
+    assert json.loads(addr.read_text())["url"] == url
+    assert proc.get("/stats")["total_tokens"] == total
+    status, stderr = proc.stop(signal.SIGTERM)
+    assert status == 0
+    events = [e["event"] for e in log_events(stderr)]
+    assert events.index("daemon.starting") < events.index("head_start.done")
+    assert events.index("head_start.done") < events.index("daemon.listening")
+
+
+def test_a_bad_switch_value_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    """CLAUDE_USAGED_HEAD_START takes on or off (1/0, true/false, yes/no, on/off)."""
+    root = tmp_path / "claude"
+    history(root)
+    done = subprocess.run(
+        command(tmp_path / "u.sqlite3"),
+        env=clean_env(root, tmp_path / "home", CLAUDE_USAGED_HEAD_START="maybe"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    assert done.returncode == 3
+    assert done.stderr == (
+        "claude-usaged: bad environment variable CLAUDE_USAGED_HEAD_START='maybe': "
+        "use 1 to start the first catch-up in a child (the default) or 0 not to\n"
+    )
+
+
+@needs_proc
+def test_a_stopped_child_does_not_hold_up_a_stop(
+    tmp_path: Path, started: list[subprocess.Popen[str]]
+) -> None:
+    """A child stopped with SIGSTOP ignores SIGTERM: the daemon kills it after a grace."""
+    root = tmp_path / "claude"
+    history(root)
+    db = tmp_path / "data" / "u.sqlite3"
+    holder = _locked_database(db)
+    try:
+        popen = _spawn(db, root, tmp_path / "home", started)
+        (child,) = poll(lambda: _children(popen.pid), 10.0, "the head start child")
+        poll(db.with_name(db.name + ".addr").exists, 10.0, "the address file")
+        os.kill(child, signal.SIGSTOP)
+        popen.send_signal(signal.SIGTERM)
+        _out, stderr = popen.communicate(timeout=STOP_TIMEOUT)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert popen.returncode == 0, stderr
+    (done,) = [e for e in log_events(stderr) if e["event"] == "head_start.done"]
+    assert done["exit_status"] == -signal.SIGKILL
