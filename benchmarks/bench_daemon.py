@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -71,37 +72,44 @@ class Daemon:
         self.conn: http.client.HTTPConnection | None = None
 
     def start(self) -> float:
-        """Start; return seconds until /health says caught_up."""
+        """Start; return seconds until the daemon is caught up.
+
+        The moment is its `ingest.caught_up` log event (read from its stderr), not a
+        poll of `/health`: while the head start's child catches up the daemon answers
+        on its address, and polling it every few ms would take CPU from the catch-up
+        it measures. `/health` must then say `caught_up` at once.
+        """
         self.addr.unlink(missing_ok=True)
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "claude_usaged",
-                "run",
-                "--claude-dir",
-                str(self.root),
-                "--db",
-                str(self.db),
-                "--port",
-                "0",
-                "--tz",
-                "UTC",
-                "--log-level",
-                "warning",
+                *(sys.executable, "-m", "claude_usaged", "run", "--claude-dir", str(self.root)),
+                *("--db", str(self.db), "--port", "0", "--tz", "UTC"),
+                *("--log-level", "info", "--log-format", "json"),
             ],
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
-        while not self.addr.exists():
-            time.sleep(0.002)
-            if self.proc.poll() is not None:
-                raise SystemExit("daemon exited during start")
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            event = json.loads(line)
+            # the daemon's own, not the head start child's (which logs process=head_start)
+            if event["event"] == "ingest.caught_up" and "process" not in event:
+                break
+        else:
+            raise SystemExit("the daemon exited during its start")
+        elapsed = time.perf_counter() - t0
+        # keep draining its log, so a full pipe never blocks the daemon
+        threading.Thread(target=self._drain, daemon=True).start()
         info = json.loads(self.addr.read_text())
         self.conn = http.client.HTTPConnection(info["host"], info["port"], timeout=30)
-        while not self.get("/health")["caught_up"]:
-            time.sleep(0.002)
-        return time.perf_counter() - t0
+        if not self.get("/health")["caught_up"]:
+            raise SystemExit("logged ingest.caught_up but /health does not say caught_up")
+        return elapsed
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for _line in self.proc.stderr:
+            pass
 
     def get(self, path: str) -> dict:  # type: ignore[type-arg]
         assert self.conn is not None

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -171,6 +172,8 @@ class Daemon:
         self._lock: InstanceLock | None = None
         self._team: Team | None = None
         self._starting: web.AppRunner | None = None
+        self._sockets: list[socket.socket] = []
+        """Bound before the head start's child is done (starting.py), served after."""
 
     async def _after_head_start(self) -> bool:
         """Wait for the head start's child to finish its catch-up; False if a stop came first."""
@@ -208,9 +211,11 @@ class Daemon:
         """Answer on the daemon's address while the child works (starting.py)."""
         s = self.settings
         try:
-            self._starting, host, port = await starting.listen(s.host, s.port)
+            self._sockets = starting.bind(s.host, s.port)
         except OSError as exc:
             raise _listen_error(s.host, s.port, exc) from None
+        self._starting = await starting.serve(self._sockets)
+        host, port = self._sockets[0].getsockname()[:2]
         self.address = (host, port)
         write_address(address_file(s.db), host, port)
         url = http_url(host, port)
@@ -276,17 +281,18 @@ class Daemon:
         # listen first: a taken port fails before any reading starts
         self._runner = web.AppRunner(make_app(ctx), access_log=None, handle_signals=False)
         await self._runner.setup()
-        port = s.port
         if self._starting is not None:
-            # take over the stand-in's address (the port it got, if it was 0)
-            port = self.address[1] if self.address else port
+            # take over the stand-in's sockets: what connected meanwhile waits for us
             await self._starting.cleanup()
             self._starting = None
-        site = web.TCPSite(self._runner, s.host, port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise _listen_error(s.host, port, exc) from None
+        if self._sockets:
+            for sock in self._sockets:
+                await web.SockSite(self._runner, sock).start()
+        else:
+            try:
+                await web.TCPSite(self._runner, s.host, s.port, reuse_address=True).start()
+            except OSError as exc:
+                raise _listen_error(s.host, s.port, exc) from None
         host, port = self._runner.addresses[0][:2]
         if self._team is not None and self.forwarder is None:
             # the team's view includes this machine's own transcripts: forward them to itself
@@ -348,6 +354,8 @@ class Daemon:
             await self._starting.cleanup()
         if self._runner is not None:
             await self._runner.cleanup()
+        for sock in self._sockets:
+            sock.close()  # if the API never took them over (a stop while starting)
         if self.address is not None:  # only the daemon that wrote it removes it
             with contextlib.suppress(OSError):
                 address_file(self.settings.db).unlink()

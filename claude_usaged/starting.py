@@ -5,13 +5,18 @@ until the child is done `run` listens with this stand-in: `GET /health` answers
 200 with `"status": "starting"` and `caught_up: false` (what a service manager
 or a script waits on), every other request 503 with a JSON error that says why.
 So the address file, systemd's `READY=1` and a port already taken come as early
-as without a head start. The real API then takes over the same address.
+as without a head start.
 
-Every answer says `Connection: close`: a client's next request opens a new
-connection, which the real API answers once it has taken over.
+The daemon binds the listening sockets itself and the stand-in serves copies of
+them (`dup`): when it stops, the sockets stay open and the real API serves them,
+so a connection made during the handover waits in the backlog instead of being
+refused or reset. Every stand-in answer says `Connection: close`, so a client's
+next request is a new connection, answered by the real API once it is there.
 """
 
 from __future__ import annotations
+
+import socket
 
 from aiohttp import web
 
@@ -21,6 +26,8 @@ STARTING = (
     "the daemon is reading your transcripts for the first time since it started; "
     "ask again in a moment"
 )
+
+BACKLOG = 128
 
 
 async def _answer(request: web.Request) -> web.Response:
@@ -33,17 +40,41 @@ async def _answer(request: web.Request) -> web.Response:
     )
 
 
-async def listen(host: str, port: int) -> tuple[web.AppRunner, str, int]:
-    """Serve the stand-in on host:port; returns its runner and the address bound.
-    Raises OSError as binding the real API would (a port in use...)."""
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for host:port, one per address, as asyncio binds them
+    (SO_REUSEADDR, IPv6 sockets IPv6-only); port 0 takes one free port for all.
+    Raises OSError (a port in use, an address not here)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    try:
+        for family, kind, proto, _name, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+async def serve(sockets: list[socket.socket]) -> web.AppRunner:
+    """Serve the stand-in on copies of `sockets` (cleaning it up leaves them open)."""
     app = web.Application()
     app.router.add_route("*", "/{path:.*}", _answer)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound_host, bound_port = runner.addresses[0][:2]
-    return runner, bound_host, bound_port
+    for sock in sockets:
+        await web.SockSite(runner, sock.dup()).start()
+    return runner
