@@ -245,7 +245,6 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     try:
-        from claude_usaged.log import configure_logging
         from claude_usaged.settings import SettingsError, load_settings
 
         try:
@@ -253,8 +252,11 @@ def _run(args: argparse.Namespace) -> int:
         except SettingsError as exc:
             print(f"claude-usaged: {exc}", file=sys.stderr)
             return EXIT_STARTUP
-        configure_logging(settings.log_format, settings.log_level)
+        # the job first: the child configures its own logging, and needs no more
         head = early.go(settings) if early is not None else None
+        from claude_usaged.log import configure_logging
+
+        configure_logging(settings.log_format, settings.log_level)
     except KeyboardInterrupt:
         return 0
     finally:

@@ -331,7 +331,10 @@ def _child(job_fd: int, status_fd: int, parent: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     threading.Thread(target=_end_if_orphaned, args=(parent,), daemon=True).start()
-    # imported while the parent reads its settings
+    # imported while the parent reads its settings. Not rich: structlog imports it
+    # only to draw tracebacks on a terminal, the child logs a few plain events, and
+    # rich's imports (80 ms) would outlast the parent's settings
+    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
     import structlog
 
     from claude_usaged import ingest, store  # noqa: F401
