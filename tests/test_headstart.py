@@ -120,6 +120,11 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _state(pid: int) -> str:
+    """A process's state letter in /proc (R, S, T stopped, Z...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def _locked_database(db: Path) -> sqlite3.Connection:
     """The daemon's database with a write transaction held open by this test."""
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -253,8 +258,7 @@ def test_a_daemon_killed_outright_leaves_no_child_behind(
             except ProcessLookupError:
                 return True
             # an exited orphan is a zombie until init reaps it: that counts as gone
-            stat = Path(f"/proc/{child}/stat").read_text()
-            return stat.rsplit(")", 1)[1].split()[0] == "Z"
+            return _state(child) == "Z"
 
         poll(gone, 2.0, "the orphaned child to end")  # it would wait 5 s for the lock
     finally:
@@ -380,6 +384,7 @@ def test_a_stopped_child_does_not_hold_up_a_stop(
         (child,) = poll(lambda: _children(popen.pid), 10.0, "the head start child")
         poll(db.with_name(db.name + ".addr").exists, 10.0, "the address file")
         os.kill(child, signal.SIGSTOP)
+        poll(lambda: _state(child) == "T", 5.0, "the child to stop")  # else SIGTERM wins
         popen.send_signal(signal.SIGTERM)
         _out, stderr = popen.communicate(timeout=STOP_TIMEOUT)
     finally:
