@@ -229,7 +229,8 @@ class Daemon:
         if self.head_start is not None:
             # idle until the child is done: add the watches meanwhile (events queue up)
             await self._watcher.start()
-            if await self._child_holds_lock():
+            # a stand-in only while the child still works (a small history: it is done)
+            if await self._child_holds_lock() and self.head_start.poll() is None:
                 await self._listen_while_starting()
         if not await self._after_head_start():
             return
