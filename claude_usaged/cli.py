@@ -228,7 +228,6 @@ def build_parser(settings_help: bool = True) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import asyncio
     import signal
 
     from claude_usaged import headstart
@@ -263,6 +262,8 @@ def _run(args: argparse.Namespace) -> int:
         if early is not None and early.waiting:
             early.cancel()  # no job was sent (an error, or a stop)
     try:
+        import asyncio
+
         from claude_usaged.daemon import Daemon, StartupError
 
         try:

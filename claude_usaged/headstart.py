@@ -21,7 +21,6 @@ turns it off.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import json
@@ -82,6 +81,8 @@ class HeadStart:
         fd, self._status_fd = self._status_fd, None
         if fd is None:
             return False
+        import asyncio  # not at the top: `run` imports this module before it forks
+
         loop = asyncio.get_running_loop()
         readable: asyncio.Future[None] = loop.create_future()
 
@@ -115,6 +116,8 @@ class HeadStart:
 
     async def finished(self) -> Outcome:
         """Wait for the child's exit without blocking the event loop or a thread."""
+        import asyncio
+
         fd = _pidfd(self.pid)
         if fd is not None:
             loop = asyncio.get_running_loop()
@@ -337,7 +340,7 @@ def _child(job_fd: int, status_fd: int, parent: int) -> int:
     sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
     import structlog
 
-    from claude_usaged import ingest, store  # noqa: F401
+    from claude_usaged import ingest, instance, limits, pricing, store  # noqa: F401
     from claude_usaged.log import configure_logging
 
     with os.fdopen(job_fd, "rb") as pipe:
@@ -398,6 +401,8 @@ def _catch_up(job: Job, status_fd: int) -> int:
         # Kept referenced until then: collected, aiosqlite would warn and stop its
         # thread, which then reports the closed event loop on the daemon's stderr.
         _UNCLOSED.append(store)
+
+    import asyncio
 
     try:
         asyncio.run(run())
