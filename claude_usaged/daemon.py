@@ -15,7 +15,9 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -36,6 +38,8 @@ from claude_usaged.team import Team
 from claude_usaged.watcher import RESCAN, Watcher
 
 log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
 
 SHUTDOWN_GRACE = 4.0
 
@@ -175,15 +179,20 @@ class Daemon:
         self._sockets: list[socket.socket] = []
         """Bound before the head start's child is done (starting.py), served after."""
 
+    async def _until_stopped(self, work: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
+        """Run `work` until it is done or a stop comes; returns it, done or still running."""
+        running = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(self.stop_event.wait())
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        return running
+
     async def _after_head_start(self) -> bool:
         """Wait for the head start's child to finish its catch-up; False if a stop came first."""
         head = self.head_start
         if head is None:
             return True
-        finished = asyncio.ensure_future(head.finished())
-        stopping = asyncio.ensure_future(self.stop_event.wait())
-        await asyncio.wait({finished, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
+        finished = await self._until_stopped(head.finished())
         if not finished.done():
             head.terminate()
             try:
@@ -198,10 +207,7 @@ class Daemon:
         """Whether the head start's child got the database's lock (before that, the
         address file may still belong to another daemon on this database)."""
         assert self.head_start is not None
-        locked = asyncio.ensure_future(self.head_start.holds_lock())
-        stopping = asyncio.ensure_future(self.stop_event.wait())
-        await asyncio.wait({locked, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
+        locked = await self._until_stopped(self.head_start.holds_lock())
         if not locked.done():
             locked.cancel()
             return False

@@ -26,13 +26,14 @@ import gc
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from claude_usaged import starting
 
 if TYPE_CHECKING:  # the child must not import pydantic: it gets a Job
     from claude_usaged.settings import Settings
@@ -81,21 +82,10 @@ class HeadStart:
         fd, self._status_fd = self._status_fd, None
         if fd is None:
             return False
-        import asyncio  # not at the top: `run` imports this module before it forks
-
-        loop = asyncio.get_running_loop()
-        readable: asyncio.Future[None] = loop.create_future()
-
-        def ready() -> None:
-            if not readable.done():
-                readable.set_result(None)
-
-        loop.add_reader(fd, ready)
         try:
-            await readable
+            await _readable(fd)
             return os.read(fd, 1) == LOCKED
         finally:
-            loop.remove_reader(fd)
             os.close(fd)
 
     def poll(self) -> Outcome | None:
@@ -116,22 +106,13 @@ class HeadStart:
 
     async def finished(self) -> Outcome:
         """Wait for the child's exit without blocking the event loop or a thread."""
-        import asyncio
+        import asyncio  # not at the top: `run` imports this module before it forks
 
         fd = _pidfd(self.pid)
         if fd is not None:
-            loop = asyncio.get_running_loop()
-            exited: asyncio.Future[None] = loop.create_future()
-
-            def readable() -> None:
-                if not exited.done():
-                    exited.set_result(None)
-
-            loop.add_reader(fd, readable)
             try:
-                await exited
+                await _readable(fd)  # a pidfd becomes readable when the process exits
             finally:
-                loop.remove_reader(fd)
                 os.close(fd)
             return self.wait()
         while (outcome := self.poll()) is None:
@@ -171,6 +152,24 @@ class HeadStart:
         )
 
 
+async def _readable(fd: int) -> None:
+    """Wait until `fd` is readable, on the running event loop (no thread)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
 def _pidfd(pid: int) -> int | None:
     opener = getattr(os, "pidfd_open", None)
     if opener is None:
@@ -182,22 +181,15 @@ def _pidfd(pid: int) -> int | None:
 
 
 def _port_free(host: str, port: int) -> bool:
-    """Whether the API could bind (as asyncio binds: every address, SO_REUSEADDR)."""
+    """Whether the API could bind host:port (bound as the daemon binds, then let go)."""
     if port == 0:
         return True
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        sockets = starting.bind(host, port)
     except OSError:
         return False
-    for family, kind, proto, _name, address in infos:
-        try:
-            with socket.socket(family, kind, proto) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-        except OSError:
-            return False
+    for sock in sockets:
+        sock.close()
     return True
 
 

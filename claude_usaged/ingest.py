@@ -230,9 +230,8 @@ class Ingest:
 
 async def catch_up(ingest: Ingest) -> None:
     """One rescan of every transcript, applied and settled (`sync --once`, `--offline`)."""
-    await ingest.start()
+    done = await ingest.start()
     loop = asyncio.create_task(ingest.run(), name="ingest")
-    done = ingest.request_rescan()
     try:
         await asyncio.wait({loop, done}, return_when=asyncio.FIRST_COMPLETED)
         if loop.done():

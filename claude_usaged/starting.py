@@ -17,10 +17,12 @@ next request is a new connection, answered by the real API once it is there.
 from __future__ import annotations
 
 import socket
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from claude_usaged import __version__
+
+if TYPE_CHECKING:  # imported where used: headstart (before the fork) calls bind()
+    from aiohttp import web
 
 STARTING = (
     "the daemon is reading your transcripts for the first time since it started; "
@@ -31,6 +33,8 @@ BACKLOG = 128
 
 
 async def _answer(request: web.Request) -> web.Response:
+    from aiohttp import web
+
     headers = {"Connection": "close"}
     if request.method == "GET" and request.path == "/health":
         body = {"status": "starting", "version": __version__, "caught_up": False}
@@ -71,6 +75,8 @@ def bind(host: str, port: int) -> list[socket.socket]:
 
 async def serve(sockets: list[socket.socket]) -> web.AppRunner:
     """Serve the stand-in on copies of `sockets` (cleaning it up leaves them open)."""
+    from aiohttp import web
+
     app = web.Application()
     app.router.add_route("*", "/{path:.*}", _answer)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

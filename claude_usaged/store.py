@@ -316,8 +316,9 @@ class Store:
                 f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
             )
             log.info("store.migrated", version=number)
-        await self._db.execute(KEY_INDEX)
-        if not self.defer_indexes:
+        if self.defer_indexes:
+            await self._db.execute(KEY_INDEX)  # upserts need it: it is never deferred
+        else:
             await self._create_indexes()
 
     async def _create_indexes(self) -> None:

@@ -12,12 +12,14 @@ worker process.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,7 +167,8 @@ def read_new(
                 result.cursor = _replace_stat(cursor, st)
             return result
         session, project = _fallbacks(path)
-        offset = _consume(fd, start, result, session, project, intern, max_line)
+        with _read_buffer() as buf:
+            offset = _consume(buf, fd, start, result, session, project, intern, max_line)
         # a streamed response's lines sit in one file: keep only each key's winner
         result.parsed.records = list(dedupe(result.parsed.records).values())
         head = _pread(fd, min(HEAD_BYTES, offset), 0)
@@ -209,17 +212,19 @@ def _dropped(partial: bytes) -> tuple[bool, bytes]:
 _local = threading.local()
 
 
-def _take_buffer() -> bytearray:
+@contextlib.contextmanager
+def _read_buffer() -> Iterator[bytearray]:
     """This thread's read buffer: reused from file to file, so reading allocates (and
-    page-faults) nothing new per chunk."""
+    page-faults) nothing new per chunk. One grown for a very long line is let go."""
     buf: bytearray | None = getattr(_local, "buf", None)
-    _local.buf = None  # lent out until _give_back
-    return buf if buf is not None and len(buf) == CHUNK_BYTES else bytearray(CHUNK_BYTES)
-
-
-def _give_back(buf: bytearray) -> None:
-    if len(buf) == CHUNK_BYTES:  # one grown for a very long line is let go
-        _local.buf = buf
+    _local.buf = None  # lent out until the read is done
+    if buf is None or len(buf) != CHUNK_BYTES:
+        buf = bytearray(CHUNK_BYTES)
+    try:
+        yield buf
+    finally:
+        if len(buf) == CHUNK_BYTES:
+            _local.buf = buf
 
 
 def _read_into(fd: int, view: memoryview, pos: int) -> int:
@@ -233,23 +238,6 @@ _HAS_PREADV = hasattr(os, "preadv")
 
 
 def _consume(
-    fd: int,
-    start: int,
-    result: TailResult,
-    session: str,
-    project: str,
-    intern: _Interner | None,
-    max_line: int,
-) -> int:
-    """Parse complete lines from `start`; return the offset after the last one."""
-    buf = _take_buffer()
-    try:
-        return _consume_into(buf, fd, start, result, session, project, intern, max_line)
-    finally:
-        _give_back(buf)
-
-
-def _consume_into(
     buf: bytearray,
     fd: int,
     start: int,
@@ -259,6 +247,8 @@ def _consume_into(
     intern: _Interner | None,
     max_line: int,
 ) -> int:
+    """Parse complete lines from `start`, read through `buf`; return the offset after
+    the last one."""
     pos = committed = start
     held = 0  # a partial line at buf[:held]: read, not yet parsed
     skipping = False  # inside a line longer than max_line: drop bytes to its \n
