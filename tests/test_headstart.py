@@ -7,6 +7,7 @@ loses nothing, because the daemon's own rescan reads what it did not commit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -125,13 +126,24 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-def _locked_database(db: Path) -> sqlite3.Connection:
-    """The daemon's database with a write transaction held open by this test."""
+@contextlib.contextmanager
+def _locked_database(db: Path) -> Iterator[None]:
+    """The daemon's database with a write transaction held open by this test meanwhile."""
     db.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("BEGIN EXCLUSIVE")
-    return conn
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("BEGIN EXCLUSIVE")
+        yield
+    finally:
+        conn.close()  # rolls the transaction back
+
+
+def _assert_lock_free(db: Path) -> None:
+    """Nobody holds the database's instance lock any more (no child left on it)."""
+    lock = InstanceLock(db)
+    lock.acquire()
+    lock.release()
 
 
 def _spawn(db: Path, root: Path, home: Path, started: list[subprocess.Popen[str]]) -> Any:
@@ -160,23 +172,17 @@ def test_a_stop_while_the_child_works_ends_both_with_exit_0(
     root = tmp_path / "claude"
     history(root)
     db = tmp_path / "data" / "u.sqlite3"
-    holder = _locked_database(db)  # the child blocks on it, so it is still working
-    try:
+    with _locked_database(db):  # the child blocks on it, so it is still working
         popen = _spawn(db, root, tmp_path / "home", started)
         (child,) = poll(lambda: _children(popen.pid), 10.0, "the head start child")
         time.sleep(1.0)  # the parent has imported the server and waits for the child
         popen.send_signal(signal.SIGTERM)
         _out, stderr = popen.communicate(timeout=STOP_TIMEOUT)
-    finally:
-        holder.rollback()
-        holder.close()
     assert popen.returncode == 0, stderr
     assert "Traceback" not in stderr
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)  # reaped, not left running
-    lock = InstanceLock(db)
-    lock.acquire()  # nobody holds the database any more
-    lock.release()
+    _assert_lock_free(db)
 
 
 @needs_proc
@@ -187,8 +193,7 @@ def test_a_child_killed_mid_way_loses_nothing(
     root = tmp_path / "claude"
     total = history(root)
     db = tmp_path / "data" / "u.sqlite3"
-    holder = _locked_database(db)
-    try:
+    with _locked_database(db):
         popen = _spawn(db, root, tmp_path / "home", started)
         (child,) = poll(lambda: _children(popen.pid), 10.0, "the head start child")
         # written while the child waits: the daemon's own scan must count it
@@ -197,9 +202,6 @@ def test_a_child_killed_mid_way_loses_nothing(
             [assistant("m5", "r5", "2025-11-22T09:00:00.000Z", output_tokens=9)],
         )
         os.kill(child, signal.SIGKILL)
-    finally:
-        holder.rollback()
-        holder.close()
     addr = db.with_name(db.name + ".addr")
     poll(addr.exists, 15.0, "the address file")
     proc = Proc(popen, json.loads(addr.read_text())["url"], db)
@@ -245,8 +247,7 @@ def test_a_daemon_killed_outright_leaves_no_child_behind(
     root = tmp_path / "claude"
     history(root)
     db = tmp_path / "data" / "u.sqlite3"
-    holder = _locked_database(db)
-    try:
+    with _locked_database(db):
         popen = _spawn(db, root, tmp_path / "home", started)
         (child,) = poll(lambda: _children(popen.pid), 10.0, "the head start child")
         popen.kill()
@@ -261,12 +262,7 @@ def test_a_daemon_killed_outright_leaves_no_child_behind(
             return _state(child) == "Z"
 
         poll(gone, 2.0, "the orphaned child to end")  # it would wait 5 s for the lock
-    finally:
-        holder.rollback()
-        holder.close()
-    lock = InstanceLock(db)
-    lock.acquire()  # nobody holds the database any more
-    lock.release()
+    _assert_lock_free(db)
 
 
 def _processes_naming(text: str) -> list[int]:
@@ -324,8 +320,7 @@ def test_while_the_child_works_the_address_answers_starting(
     total = history(root)
     db = tmp_path / "data" / "u.sqlite3"
     addr = db.with_name(db.name + ".addr")
-    holder = _locked_database(db)  # the child holds the instance lock, then waits on it
-    try:
+    with _locked_database(db):  # the child holds the instance lock, then waits on it
         popen = _spawn(db, root, tmp_path / "home", started)
         poll(addr.exists, 10.0, "the address file")
         url = json.loads(addr.read_text())["url"]
@@ -337,9 +332,6 @@ def test_while_the_child_works_the_address_answers_starting(
             urllib.request.urlopen(url + "/stats", timeout=5)
         assert refused.value.code == 503
         assert "first time" in json.loads(refused.value.read())["error"]
-    finally:
-        holder.rollback()
-        holder.close()
     proc = Proc(popen, url, db)
     poll(lambda: proc.get("/health")["caught_up"], 10.0, "the real API")
     assert json.loads(addr.read_text())["url"] == url
@@ -378,8 +370,7 @@ def test_a_stopped_child_does_not_hold_up_a_stop(
     root = tmp_path / "claude"
     history(root)
     db = tmp_path / "data" / "u.sqlite3"
-    holder = _locked_database(db)
-    try:
+    with _locked_database(db):
         popen = _spawn(db, root, tmp_path / "home", started)
         (child,) = poll(lambda: _children(popen.pid), 10.0, "the head start child")
         poll(db.with_name(db.name + ".addr").exists, 10.0, "the address file")
@@ -387,9 +378,6 @@ def test_a_stopped_child_does_not_hold_up_a_stop(
         poll(lambda: _state(child) == "T", 5.0, "the child to stop")  # else SIGTERM wins
         popen.send_signal(signal.SIGTERM)
         _out, stderr = popen.communicate(timeout=STOP_TIMEOUT)
-    finally:
-        holder.rollback()
-        holder.close()
     assert popen.returncode == 0, stderr
     (done,) = [e for e in log_events(stderr) if e["event"] == "head_start.done"]
     assert done["exit_status"] == -signal.SIGKILL
