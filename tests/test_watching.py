@@ -16,6 +16,10 @@ from typing import Any
 import pytest
 import structlog
 from conftest import RunningDaemon, assistant, daemon_on, dumps, stop_watcher, user, write_lines
+from watchdog.events import FileSystemEvent
+
+from claude_usaged import watcher as watcher_module
+from claude_usaged.watcher import RESCAN, Watcher
 
 ENC = "-home-dev-api"
 
@@ -381,3 +385,34 @@ async def test_a_fifo_named_like_a_transcript_blocks_nothing(tmp_path: Path) -> 
         assert (stats["total_tokens"], stats["ingest"]["unreadable_files"]) == (100, 1)
         write_lines(folder / "s2.jsonl", [line(2, 20)])
         await rd.wait_for(lambda s: s["total_tokens"] == 120)
+
+
+async def test_reading_transcripts_sends_the_watcher_no_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Programs that only read the transcripts (a catch-up, ccusage, grep) wake nothing:
+    the kernel is asked for changes only, not for opens and closes."""
+    path = tmp_path / "claude" / "projects" / ENC / "s.jsonl"
+    write_lines(path, [line(1, 100)])
+    seen: list[str] = []
+    handle = watcher_module._Handler.on_any_event
+
+    def spy(self: watcher_module._Handler, event: FileSystemEvent) -> None:
+        seen.append(event.event_type)
+        handle(self, event)
+
+    monkeypatch.setattr(watcher_module._Handler, "on_any_event", spy)
+    watcher = Watcher([tmp_path / "claude"], debounce=0.01)
+    await watcher.start()
+    try:
+        batches = watcher.batches()
+        assert await asyncio.wait_for(anext(batches), 5) == {RESCAN}  # the new watch
+        for _ in range(3):
+            path.read_bytes()
+        write_lines(path, [line(2, 5)])
+        # events arrive in order: the reads' would have come before the append's
+        assert await asyncio.wait_for(anext(batches), 5) == {str(path)}
+    finally:
+        watcher.stop()
+    assert "modified" in seen
+    assert not {"opened", "closed_no_write", "closed"} & set(seen), seen
