@@ -227,15 +227,25 @@ def build_parser(settings_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser(settings_help=argv[:1] not in [[c] for c in CLIENT_COMMANDS])
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # the usage of the command the unknown argument was given to, not the top level's
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def _run(argv: list[str]) -> int:
     import signal
 
     from claude_usaged import headstart
 
     # until the event loop handles them, a stop (or Ctrl-C) ends the start quietly
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    # the first catch-up runs in a child, which imports what it needs while this
-    # process reads its settings, and catches up while it imports the rest
+    # the first catch-up runs in a child, forked before anything heavy is imported: it
+    # imports what it needs while this process reads its command line and settings
+    # (pydantic), and catches up while this one imports the rest
     try:
         early = headstart.fork_early()
     except headstart.BadSwitch as exc:
@@ -244,6 +254,8 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     try:
+        # a usage error or --help exits here (SystemExit): the child gets no job
+        args = _parse(argv)
         from claude_usaged.settings import SettingsError, load_settings
 
         try:
@@ -447,13 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from claude_usaged.statusline import main as statusline
 
         return statusline(argv[1:])
-    parser = build_parser(settings_help=argv[:1] not in [[c] for c in CLIENT_COMMANDS])
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        # the usage of the command the unknown argument was given to, not the top level's
-        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command == "run":
-        return _run(args)
+    if argv[:1] == ["run"]:
+        return _run(argv)  # it forks its head start before reading the command line
+    args = _parse(argv)
     if args.command in CLIENT_COMMANDS:
         return _client(args)
     if args.command == "service":

@@ -311,6 +311,28 @@ def test_a_daemon_that_cannot_start_leaves_no_child_and_no_database(
 
 
 @needs_proc
+def test_a_usage_error_exits_2_and_leaves_no_child(tmp_path: Path) -> None:
+    """The child is forked before the command line is read: a wrong flag still exits 2
+    with argparse's message, and the child, which got no job, is gone."""
+    root = tmp_path / "claude"
+    history(root)
+    db = tmp_path / "data" / "u.sqlite3"
+    done = subprocess.run(
+        [*command(db), "--no-such-flag"],
+        env=clean_env(root, tmp_path / "home"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "unrecognized arguments: --no-such-flag" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not db.exists()
+    assert _processes_naming(str(db)) == []
+
+
+@needs_proc
 def test_while_the_child_works_the_address_answers_starting(
     tmp_path: Path, started: list[subprocess.Popen[str]]
 ) -> None:
