@@ -267,7 +267,7 @@ def _run(argv: list[str]) -> int:
         head = early.go(settings) if early is not None else None
         from claude_usaged.log import configure_logging
 
-        configure_logging(settings.log_format, settings.log_level)
+        configure_logging(settings.log_format, settings.log_level, lean=True)
     except KeyboardInterrupt:
         return 0
     finally:
