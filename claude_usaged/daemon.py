@@ -91,10 +91,11 @@ async def _notify_caught_up(caught_up: asyncio.Future[None], ingest: Ingest, url
 
 
 async def _finish_store(caught_up: asyncio.Future[None], store: Store, checkpoint: bool) -> None:
-    """Once the first catch-up is served: the indexes it left to build, and (after a
-    head start, whose child merged none) the WAL merged into the database."""
+    """Once the first catch-up is served: the rows it staged and the indexes it left to
+    build, and (after a head start, whose child merged none) the WAL merged into the
+    database."""
     await caught_up
-    await store.create_indexes()
+    await store.finish()
     if checkpoint:
         await store.checkpoint()
 
@@ -254,9 +255,7 @@ class Daemon:
             self._lock = None
             raise StartupError(f"cannot open database {s.db}: {exc}") from None
         try:
-            self._store = await Store.open(
-                s.db, prices, forward_to=s.forward_target, defer_indexes=True
-            )
+            self._store = await Store.open(s.db, prices, forward_to=s.forward_target, deferred=True)
             if s.accept_forwarded:
                 raise_open_files_limit()
                 self._team = await Team.open(s.db, prices, s.zone)
@@ -278,7 +277,7 @@ class Daemon:
             db_path=str(s.db),
             started_at=time.time(),
             forwarder=self.forwarder,
-            machine_id=await store.write(outbox.machine_id),
+            machine_id=await store.write(outbox.machine_id, responses=False),
             team=self._team,
             ingest_token=s.ingest_token.get_secret_value() if s.ingest_token else None,
             head_start=head.outcome.to_json()

@@ -334,7 +334,7 @@ class Forwarder:
 
     async def _next_batch(self) -> Batch | None:
         if self._agent is None:
-            machine = await self.store.write(outbox.machine_id)
+            machine = await self.store.write(outbox.machine_id, responses=False)
             self._agent = {
                 "machine_id": machine,
                 "hostname": socket.gethostname(),

@@ -380,7 +380,7 @@ def _catch_up(job: Job, status_fd: int) -> int:
 
     async def run() -> None:
         # the daemon builds the secondary indexes and checkpoints once it serves
-        store = await Store.open(db, prices, forward_to=job.forward_target, defer_indexes=True)
+        store = await Store.open(db, prices, forward_to=job.forward_target, deferred=True)
         await store.defer_checkpoints()
         try:
             await catch_up(Ingest(store, [Path(d) for d in job.claude_dirs]))

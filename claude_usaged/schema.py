@@ -179,6 +179,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE responses_v4 RENAME TO responses;
     CREATE UNIQUE INDEX responses_key ON responses(key);
     """,
+    # 5: the rows of a bulk load onto an empty table, staged as one blob per batch in
+    # the batch's transaction, and written to `responses` once the daemon serves
+    """
+    CREATE TABLE staged (
+        id INTEGER PRIMARY KEY,
+        rows BLOB NOT NULL
+    );
+    """,
 ]
 
 KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS responses_key ON responses(key)"

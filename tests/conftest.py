@@ -17,6 +17,7 @@ import structlog
 from claude_usaged import fastpath, parser
 from claude_usaged.daemon import Daemon
 from claude_usaged.settings import load_settings
+from claude_usaged.store import Store
 from claude_usaged.usage import dedupe
 
 REAL_SAMPLE = Path(__file__).resolve().parent / "fixtures" / "real-sample"
@@ -230,6 +231,25 @@ def _fastscan_cross_check() -> Iterator[None]:
     finally:
         parser._parse_scanned = scanned  # type: ignore[assignment]
     assert not differences, f"C and Python parsers differ on: {differences[:3]}"
+
+
+@pytest.fixture(autouse=True)
+def _no_store_left_open(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test that fails before closing its store would leave aiosqlite's worker thread
+    running, and pytest would hang at exit instead of reporting: stop such threads."""
+    opened: list[Store] = []
+    open_store = Store.open.__func__  # type: ignore[attr-defined]
+
+    async def recording(cls: type[Store], *args: Any, **kwargs: Any) -> Store:
+        store: Store = await open_store(cls, *args, **kwargs)
+        opened.append(store)
+        return store
+
+    monkeypatch.setattr(Store, "open", classmethod(recording))
+    yield
+    for store in opened:
+        if store._db._connection is not None:
+            store._db.stop()
 
 
 @pytest.fixture(autouse=True)

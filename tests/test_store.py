@@ -8,6 +8,7 @@ are also used by test_crash_restart.py.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import random
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 from conftest import RunningDaemon, assistant, dumps, user, write_lines
 
+from claude_usaged import outbox
 from claude_usaged import store as store_module
 from claude_usaged.pricing import PriceTable
 from claude_usaged.store import Store
@@ -864,8 +866,12 @@ async def test_settle_from_memory_equals_settle_from_the_table(
 
 def replay_count(corpus: dict[str, list[Line]]) -> int:
     """Deduplicated responses that `Oracle` does not keep: the sidechain replays."""
-    keys = {row["key"] for line in all_lines(corpus) for row in Oracle.of([line]).kept}
-    return len(keys) - Oracle.of(all_lines(corpus)).entries()
+    return response_count(all_lines(corpus)) - Oracle.of(all_lines(corpus)).entries()
+
+
+def response_count(lines: list[Line]) -> int:
+    """Rows of `responses` for these lines: one per key, replays included."""
+    return len({row["key"] for line in lines for row in Oracle.of([line]).kept})
 
 
 async def test_bulk_load_onto_a_filled_table_reads_the_table_back(
@@ -1089,7 +1095,7 @@ async def test_migration_4_keeps_every_response_and_its_rowid(tmp_path: Path) ->
     store = await Store.open(db, PriceTable.load())
     await store.close()
     with connect(db) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert con.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         kept = con.execute(
             f"SELECT rowid, {store_module._COLUMNS}, counted FROM responses ORDER BY rowid"
         ).fetchall()
@@ -1115,3 +1121,131 @@ async def test_migration_4_keeps_every_response_and_its_rowid(tmp_path: Path) ->
             "SELECT rowid, output FROM responses WHERE key = 'm1:r1'"
         ).fetchall() == [(1, 20)]
         assert con.execute("SELECT count(*) FROM responses").fetchone()[0] == 3
+
+
+# -- a bulk load's staged rows -------------------------------------------------------------
+
+
+def count(db: Path, table: str) -> int:
+    with connect(db) as con:
+        return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+@contextlib.asynccontextmanager
+async def opened(
+    db: Path, *, deferred: bool = False, prices: PriceTable | None = None
+) -> AsyncIterator[Store]:
+    """A store closed however the test ends (an open one would keep pytest from exiting)."""
+    store = await Store.open(db, prices or PriceTable.load(), deferred=deferred)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def staged_load(db: Path, root: Path, corpus: dict[str, list[Line]], seed: int) -> None:
+    """A deferred store's bulk load, settled, its rows left staged (then closed)."""
+    async with opened(db, deferred=True) as store:
+        await feed_in_bulk(store, root, corpus, seed=seed)
+        assert await store.settle() is True
+    assert count(db, "responses") == 0 and count(db, "staged") > 0
+
+
+async def test_a_deferred_bulk_load_stages_its_rows_until_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's store (deferred) keeps a cold catch-up's rows staged, one blob per
+    batch: its aggregates are right before `responses` holds a row, and once `finish`
+    has written them every table equals a plain store's, floats and rowids included."""
+    monkeypatch.setattr(store_module, "BULK_THRESHOLD", 10)
+    corpus = make_corpus(seed=41, sessions=8, per_session=30)
+    plain_db = tmp_path / "plain" / "usage.sqlite3"
+    async with opened(plain_db) as plain:
+        await feed_in_bulk(plain, tmp_path / "plain-files", corpus, seed=3)
+        assert await plain.settle() is True  # not deferred: settling writes the rows
+    assert count(plain_db, "staged") == 0
+
+    db = tmp_path / "deferred" / "usage.sqlite3"
+    async with opened(db, deferred=True) as deferred:
+        await feed_in_bulk(deferred, tmp_path / "files", corpus, seed=3)
+        assert await deferred.settle() is True
+        assert count(db, "responses") == 0
+        # three batches, and the replays' counted flags that the settle found
+        assert replay_count(corpus) > 0
+        assert count(db, "staged") == 3 + 1
+        assert_matches_oracle(db, Oracle.of(all_lines(corpus)))
+        await deferred.finish()
+    assert count(db, "staged") == 0
+    assert exact_tables(db) == exact_tables(plain_db)
+
+
+@pytest.mark.parametrize("then", ["incremental", "reprice", "outbox", "reopen"])
+async def test_every_reader_of_responses_sees_the_staged_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """Whatever reads `responses` after a deferred load and before `finish` (a small
+    batch, new prices, the outbox, a store reopened after a crash) writes the staged
+    rows first, in its own transaction: totals stay the oracle's, nothing counts twice."""
+    monkeypatch.setattr(store_module, "BULK_THRESHOLD", 10)
+    corpus = make_corpus(seed=47, sessions=6, per_session=20)
+    lines = all_lines(corpus)
+    db = tmp_path / "usage.sqlite3"
+    await staged_load(db, tmp_path / "files", corpus, seed=5)
+    prices = None
+    if then == "reprice":  # new prices: opening reprices every response, staged ones too
+        rates = {"input": 1, "output": 2, "cache_write_5m": 3, "cache_write_1h": 4, "cache_read": 5}
+        override = tmp_path / "prices.json"
+        override.write_text(json.dumps({"models": [{"ids": list(MODELS), "rows": [rates]}]}))
+        prices = PriceTable.load(override)
+    async with opened(db, prices=prices) as store:
+        if then != "reprice":
+            assert count(db, "staged") > 0  # opening does not write them: a reader does
+        if then == "incremental":
+            late = a("late", "r-late", "2025-11-20T10:00:00.000Z", input_tokens=7)
+            write_lines(tmp_path / "files" / "late.jsonl", [late])
+            await Feeder(store, tmp_path / "files").apply("late.jsonl")
+            lines = [*lines, late]
+        elif then == "reprice":
+            with connect(db) as con:
+                (wrong,) = con.execute(
+                    "SELECT count(*) FROM responses WHERE abs(cost - (input + 2 * output"
+                    " + 3 * (cache_creation - cache_creation_1h) + 4 * cache_creation_1h"
+                    " + 5 * cache_read) / 1e6) > 1e-12"
+                ).fetchone()
+            assert wrong == 0
+        else:
+            assert await store.write(outbox.seed) == response_count(lines)
+    assert count(db, "staged") == 0
+    assert count(db, "responses") == response_count(lines)
+    with connect(db) as con:
+        assert con.execute("SELECT count(*) FROM responses WHERE cost IS NULL").fetchone() == (0,)
+    assert_matches_oracle(db, Oracle.of(lines))
+
+
+async def test_a_failed_transaction_keeps_the_staged_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that wrote the staged rows and then failed rolls them back into `staged`:
+    the retry writes them again, once."""
+    monkeypatch.setattr(store_module, "BULK_THRESHOLD", 10)
+    corpus = make_corpus(seed=53, sessions=5, per_session=20)
+    db = tmp_path / "usage.sqlite3"
+    await staged_load(db, tmp_path / "files", corpus, seed=7)
+    late = a("late", "r-late", "2025-11-20T10:00:00.000Z", input_tokens=7)
+    write_lines(tmp_path / "files" / "late.jsonl", [late])
+
+    async def disk_full(self: Store, name: str, delta: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    async with opened(db, deferred=True) as store:
+        feeder = Feeder(store, tmp_path / "files")
+        with monkeypatch.context() as m:
+            m.setattr(Store, "_bump_counter", disk_full)
+            with pytest.raises(OSError):
+                await feeder.apply("late.jsonl")
+        assert count(db, "responses") == 0 and count(db, "staged") > 0
+        await feeder.apply("late.jsonl")
+    lines = [*all_lines(corpus), late]
+    assert count(db, "staged") == 0
+    assert count(db, "responses") == response_count(lines)
+    assert_matches_oracle(db, Oracle.of(lines))
