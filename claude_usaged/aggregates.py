@@ -8,13 +8,16 @@ give identical rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+from functools import reduce
+from operator import add, gt, itemgetter
 from typing import Any
 
-from claude_usaged.usage import BUCKET_MS
-from claude_usaged.windows import Block, build_blocks
+from claude_usaged.usage import BUCKET_MS, WINDOW_MS
+from claude_usaged.windows import Block, floor_hour
 
 ResponseRow = tuple[int, str, str, str, int, int, int, int, float | None]
 """(ts_ms, model, session_id, project, input, output, cache_creation, cache_read, cost)."""
@@ -30,48 +33,77 @@ class Aggregates:
     blocks: list[Block] = field(default_factory=list)
 
 
-_IN, _OUT, _CC, _CR, _COST = (itemgetter(i) for i in (4, 5, 6, 7, 8))
+_TS, _MODEL, _IN, _OUT, _CC, _CR, _COST = (itemgetter(i) for i in (0, 1, 4, 5, 6, 7, 8))
+_SESSION_KEY = itemgetter(2, 3, 1)
+_PROJECT_KEY = itemgetter(3, 1)
 
 
-def _add(acc: list[Any], rows: list[ResponseRow]) -> None:
+def _priced(rows: Sequence[ResponseRow]) -> list[float]:
+    return [cost for cost in map(_COST, rows) if cost is not None]
+
+
+def _add(acc: list[Any], rows: Sequence[ResponseRow]) -> None:
     """Add a group's rows (in time order) to its sums. Integers are summed in C;
-    costs one by one from the running total, so the float result is the same as
-    adding each response in time order (what SQL's total() and the incremental
-    path do), not a differently rounded sum."""
+    costs are added one by one to the running total (`reduce`, not `sum`, which adds
+    floats with compensation since Python 3.12), so the float result is the same as
+    adding each response in time order, whatever the chunks."""
     acc[0] += len(rows)
     acc[1] += sum(map(_IN, rows))
     acc[2] += sum(map(_OUT, rows))
     acc[3] += sum(map(_CC, rows))
     acc[4] += sum(map(_CR, rows))
-    total, unpriced = acc[5], acc[6]
-    for cost in map(_COST, rows):
-        if cost is None:
-            unpriced += 1
-        else:
-            total += cost
-    acc[5], acc[6] = total, unpriced
+    costs = _priced(rows)
+    acc[5] = reduce(add, costs, acc[5])
+    acc[6] += len(rows) - len(costs)
 
 
-def _grouped(
-    rows: Sequence[ResponseRow], key: Callable[[ResponseRow], Any]
-) -> dict[Any, list[ResponseRow]]:
-    groups: dict[Any, list[ResponseRow]] = {}
-    for row in rows:
-        k = key(row)
-        group = groups.get(k)
-        if group is None:
-            groups[k] = [row]
-        else:
-            group.append(row)
+def _grouped(keys: Iterable[Any], rows: Sequence[ResponseRow]) -> dict[Any, list[ResponseRow]]:
+    """Rows by key, each group in the rows' order."""
+    groups: defaultdict[Any, list[ResponseRow]] = defaultdict(list)
+    for key, row in zip(keys, rows, strict=True):
+        groups[key].append(row)
     return groups
 
 
-def _bucket_key(row: ResponseRow) -> tuple[int, str]:
-    return (row[0] // BUCKET_MS, row[1])
+def _add_to_block(block: Block, rows: Sequence[ResponseRow]) -> None:
+    """`Block.add_response` for each row (in time order), summed a group at a time."""
+    block.entries += len(rows)
+    block.input_tokens += sum(map(_IN, rows))
+    block.output_tokens += sum(map(_OUT, rows))
+    block.cache_creation_tokens += sum(map(_CC, rows))
+    block.cache_read_tokens += sum(map(_CR, rows))
+    costs = _priced(rows)
+    block.cost_usd = reduce(add, costs, block.cost_usd)
+    if len(costs) != len(rows):
+        block.unpriced += len(rows) - len(costs)
+        block.unpriced_models.update(row[1] for row in rows if row[8] is None)
+    block.models.update(map(_MODEL, rows))
+    block.last_ms = rows[-1][0]
 
 
-_SESSION_KEY = itemgetter(2, 3, 1)
-_PROJECT_KEY = itemgetter(3, 1)
+def _blocks(rows: Sequence[ResponseRow], times: list[int], previous: Block | None) -> list[Block]:
+    """`windows.build_blocks` of time-sorted rows: where each block opens is found
+    from the times alone, then each block's rows are summed at once."""
+    opens: list[int] = []  # indexes of the rows that open a block
+    start = last = 0
+    current = previous is not None
+    if previous is not None:
+        start, last = previous.start_ms, previous.last_ms
+    for i, ts in enumerate(times):
+        if not current or ts - start > WINDOW_MS or ts - last > WINDOW_MS:
+            opens.append(i)
+            start, current = floor_hour(ts), True
+        last = ts
+    new: list[Block] = []
+    edges = [*opens, len(rows)]
+    if opens[:1] != [0]:
+        assert previous is not None
+        _add_to_block(previous, rows[: edges[0]])
+    for a, b in itertools.pairwise(edges):
+        block = Block(start_ms=floor_hour(times[a]), first_ms=times[a], last_ms=times[a])
+        _add_to_block(block, rows[a:b])
+        new.append(block)
+    return new
 
 
 class Aggregator:
@@ -88,33 +120,26 @@ class Aggregator:
         """Add a chunk: each chunk is grouped, then each group's sums are added at once."""
         if not rows:
             return
-        last = self._last_ts
-        for row in rows:
-            if row[0] < last:
-                raise ValueError("Aggregator.feed needs rows in time order")
-            last = row[0]
-        self._last_ts = last
-        for (bucket, model), group in _grouped(rows, _bucket_key).items():
-            acc = self._buckets.get((bucket, model))
+        times = list(map(_TS, rows))
+        if times[0] < self._last_ts or any(map(gt, times, itertools.islice(times, 1, None))):
+            raise ValueError("Aggregator.feed needs rows in time order")
+        self._last_ts = times[-1]
+        buckets = zip([ts // BUCKET_MS for ts in times], map(_MODEL, rows), strict=True)
+        for key, group in _grouped(buckets, rows).items():
+            acc = self._buckets.get(key)
             if acc is None:
-                acc = self._buckets[(bucket, model)] = [0, 0, 0, 0, 0, 0.0, 0]
+                acc = self._buckets[key] = [0, 0, 0, 0, 0, 0.0, 0]
             _add(acc, group)
         # groups keep time order: a group's first row is its earliest, its last the latest
         for keyed, table in ((_SESSION_KEY, self._sessions), (_PROJECT_KEY, self._projects)):
-            for k, group in _grouped(rows, keyed).items():
-                acc = table.get(k)
+            for key, group in _grouped(map(keyed, rows), rows).items():
+                acc = table.get(key)
                 if acc is None:
-                    acc = table[k] = [0, 0, 0, 0, 0, 0.0, 0, group[0][0], 0]
+                    acc = table[key] = [0, 0, 0, 0, 0, 0.0, 0, group[0][0], 0]
                 _add(acc, group)
                 acc[8] = group[-1][0]
         previous = self._blocks[-1] if self._blocks else None
-        self._blocks += build_blocks(
-            (
-                (ts, model, inp, out, cc, cr, cost)
-                for ts, model, _, _, inp, out, cc, cr, cost in rows
-            ),
-            previous,
-        )
+        self._blocks += _blocks(rows, times, previous)
 
     def result(self) -> Aggregates:
         out = Aggregates()

@@ -1,0 +1,104 @@
+"""The bulk Aggregator against the definition: each response added on its own, in time
+order, to its bucket, session, project and block (`Totals.add_response`,
+`build_blocks`). Equal exactly, floats bit for bit, however the rows are chunked."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from claude_usaged.aggregates import Aggregates, Aggregator, ResponseRow
+from claude_usaged.usage import BUCKET_MS, HOUR_MS, Totals
+from claude_usaged.windows import build_blocks
+
+
+def reference(rows: list[ResponseRow]) -> Aggregates:
+    """Row by row: the definition the Aggregator must equal."""
+    buckets: dict[tuple[int, str], Totals] = {}
+    sessions: dict[tuple[str, str, str], tuple[Totals, list[int]]] = {}
+    projects: dict[tuple[str, str], tuple[Totals, list[int]]] = {}
+    for ts, model, session, project, inp, out, cc, cr, cost in rows:
+        buckets.setdefault((ts // BUCKET_MS, model), Totals()).add_response(
+            model, inp, out, cc, cr, cost
+        )
+        for table, key in ((sessions, (session, project, model)), (projects, (project, model))):
+            totals, span = table.setdefault(key, (Totals(), [ts, ts]))  # type: ignore[arg-type]
+            totals.add_response(model, inp, out, cc, cr, cost)
+            span[1] = ts
+
+    def sums(t: Totals) -> tuple[Any, ...]:
+        return (
+            t.entries,
+            t.input_tokens,
+            t.output_tokens,
+            t.cache_creation_tokens,
+            t.cache_read_tokens,
+            t.cost_usd,
+            t.unpriced,
+        )
+
+    out = Aggregates()
+    out.buckets = [(b, m, *sums(t)) for (b, m), t in buckets.items()]
+    out.sessions = [(s, m, p, *span, *sums(t)) for (s, p, m), (t, span) in sessions.items()]
+    out.projects = [(p, m, *span, *sums(t)) for (p, m), (t, span) in projects.items()]
+    out.blocks = build_blocks((r[0], r[1], *r[4:]) for r in rows)  # type: ignore[misc]
+    return out
+
+
+def history(seed: int, n: int) -> list[ResponseRow]:
+    """Time-ordered responses: bursts and gaps (of 5 h exactly, and more), ties, times on
+    the hour (a block's start), unpriced models."""
+    rng = random.Random(seed)
+    ts = 1_763_000_000_000 + rng.randrange(HOUR_MS)
+    rows: list[ResponseRow] = []
+    for _ in range(n):
+        step = rng.choice([0, 0, 1, 900, 60_000, 4 * 60_000, HOUR_MS, 5 * HOUR_MS, 6 * HOUR_MS])
+        ts += step if rng.random() > 0.05 else HOUR_MS - ts % HOUR_MS  # on the hour, at times
+        model = rng.choice(["sonnet", "opus", "haiku", "mystery"])
+        cost = None if model == "mystery" else rng.random() * rng.choice([1e-4, 0.3, 7.0])
+        rows.append(
+            (
+                ts,
+                model,
+                f"s{rng.randrange(6)}",
+                f"/p{rng.randrange(3)}",
+                rng.randrange(10**6),
+                rng.randrange(10**4),
+                rng.randrange(10**5),
+                rng.randrange(10**7),
+                cost,
+            )
+        )
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_aggregator_equals_adding_each_response_in_time_order(seed: int) -> None:
+    rows = history(seed, 3000)
+    expected = reference(rows)
+    assert any(r[8] is None for r in rows) and len(expected.blocks) > 5
+    rng = random.Random(seed)
+    aggregator = Aggregator()
+    i = 0
+    while i < len(rows):  # chunks of any size, a block or a group cut anywhere
+        step = rng.choice([1, 2, 7, 100, 1000])
+        aggregator.feed(rows[i : i + step])
+        i += step
+    got = aggregator.result()
+    assert got.buckets == expected.buckets
+    assert got.sessions == expected.sessions
+    assert got.projects == expected.projects
+    assert got.blocks == expected.blocks
+
+
+def test_rows_out_of_time_order_are_refused() -> None:
+    early, late = ((ts, "m", "s", "/p", 1, 1, 1, 1, 0.5) for ts in (1_000, 2_000))
+    aggregator = Aggregator()
+    aggregator.feed([late])
+    with pytest.raises(ValueError, match="time order"):
+        aggregator.feed([early])  # earlier than a chunk before
+    with pytest.raises(ValueError, match="time order"):
+        Aggregator().feed([late, early])  # within one chunk
+    Aggregator().feed([early, early, late])  # ties are in order
