@@ -9,14 +9,15 @@ give identical rows.
 from __future__ import annotations
 
 import itertools
+import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
 from operator import add, gt, itemgetter
 from typing import Any
 
-from claude_usaged.usage import BUCKET_MS, WINDOW_MS
+from claude_usaged.usage import BUCKET_MS, HOUR_MS, WINDOW_MS
 from claude_usaged.windows import Block, floor_hour
 
 ResponseRow = tuple[int, str, str, str, int, int, int, int, float | None]
@@ -148,3 +149,59 @@ class Aggregator:
         out.projects = [(p, m, a[7], a[8], *a[:7]) for (p, m), a in self._projects.items()]
         out.blocks = self._blocks
         return out
+
+
+_c_aggregate: Callable[..., tuple[list[Any], list[Any], list[Any], list[Any]]] | None = None
+try:
+    from claude_usaged import _fastagg
+except ImportError:  # not built: no compiler at install time
+    pass
+else:
+    if os.environ.get("CLAUDE_USAGED_PURE_PYTHON", "") in ("", "0"):
+        _c_aggregate = _fastagg.aggregate
+
+
+def aggregate(rows: list[ResponseRow]) -> Aggregates:
+    """Every aggregate of time-sorted rows, all at once: in C (`_fastagg`, ~8x faster)
+    when it is built, else with `Aggregator`, which is its specification (the tests
+    hold both to the same result, floats bit for bit)."""
+    if _c_aggregate is not None:
+        try:
+            buckets, sessions, projects, blocks = _c_aggregate(rows, BUCKET_MS, HOUR_MS, WINDOW_MS)
+        except OverflowError:
+            pass  # a sum beyond 64 bits: Python's integers take it
+        else:
+            return Aggregates(buckets, sessions, projects, [_block(*b) for b in blocks])
+    aggregator = Aggregator()
+    aggregator.feed(rows)
+    return aggregator.result()
+
+
+def _block(
+    start: int,
+    first: int,
+    last: int,
+    entries: int,
+    inp: int,
+    out: int,
+    cc: int,
+    cr: int,
+    cost: float,
+    unpriced: int,
+    models: set[str],
+    unpriced_models: set[str],
+) -> Block:
+    return Block(
+        start_ms=start,
+        first_ms=first,
+        last_ms=last,
+        entries=entries,
+        input_tokens=inp,
+        output_tokens=out,
+        cache_creation_tokens=cc,
+        cache_read_tokens=cr,
+        cost_usd=cost,
+        unpriced=unpriced,
+        models=models,
+        unpriced_models=unpriced_models,
+    )

@@ -45,7 +45,7 @@ import aiosqlite
 import structlog
 
 from claude_usaged import outbox
-from claude_usaged.aggregates import Aggregator
+from claude_usaged.aggregates import Aggregates, Aggregator, aggregate
 from claude_usaged.parser import ParseResult
 from claude_usaged.pricing import PriceTable
 from claude_usaged.schema import KEY_INDEX, MIGRATIONS, PRAGMAS, RESPONSE_INDEXES
@@ -683,7 +683,7 @@ class Store:
         ) as cur:
             while rows := await cur.fetchmany(REBUILD_CHUNK):
                 aggregator.feed(rows)  # type: ignore[arg-type]
-        await self._replace_aggregates(aggregator)
+        await self._replace_aggregates(aggregator.result())
 
     async def _rebuild_loaded(self, loaded: dict[str, tuple[Any, ...]]) -> None:
         """`_rebuild_all` for a bulk load onto an empty table, from its rows in memory.
@@ -695,18 +695,13 @@ class Store:
         uncounted = _uncounted(loaded.values())
         skip = set(uncounted)
         rows = sorted((row for row in loaded.values() if row[0] not in skip), key=_BY_TS)
-        aggregator = Aggregator()
-        for part in _chunks(rows, REBUILD_CHUNK):
-            aggregator.feed(list(map(_AGGREGATED, part)))
-            await asyncio.sleep(0)  # the event loop serves requests between chunks
         if skip:
             rowids = [rowid for rowid, key in enumerate(loaded, start=1) if key in skip]
             await self._stage([], [], rowids)
-        await self._replace_aggregates(aggregator)
+        await self._replace_aggregates(aggregate(list(map(_AGGREGATED, rows))))
 
-    async def _replace_aggregates(self, aggregator: Aggregator) -> None:
+    async def _replace_aggregates(self, agg: Aggregates) -> None:
         db = self._db
-        agg = aggregator.result()
         for table in ("agg_bucket", "agg_session", "agg_project", "blocks"):
             await db.execute(f"DELETE FROM {table}")
         await db.executemany("INSERT INTO agg_bucket VALUES (?,?,?,?,?,?,?,?,?)", agg.buckets)

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from claude_usaged.aggregates import Aggregates, Aggregator, ResponseRow
+from claude_usaged import aggregates as aggregates_module
+from claude_usaged.aggregates import Aggregates, Aggregator, ResponseRow, aggregate
 from claude_usaged.usage import BUCKET_MS, HOUR_MS, Totals
 from claude_usaged.windows import build_blocks
 
@@ -47,6 +48,12 @@ def reference(rows: list[ResponseRow]) -> Aggregates:
     return out
 
 
+SESSIONS = [f"s{i}" for i in range(6)]
+PROJECTS = [f"/p{i}" for i in range(3)]
+"""One object per name, as the parser's interner gives (the C side compares identity
+first); `copy` makes equal strings that are other objects."""
+
+
 def history(seed: int, n: int) -> list[ResponseRow]:
     """Time-ordered responses: bursts and gaps (of 5 h exactly, and more), ties, times on
     the hour (a block's start), unpriced models."""
@@ -62,8 +69,8 @@ def history(seed: int, n: int) -> list[ResponseRow]:
             (
                 ts,
                 model,
-                f"s{rng.randrange(6)}",
-                f"/p{rng.randrange(3)}",
+                rng.choice(SESSIONS),
+                rng.choice(PROJECTS),
                 rng.randrange(10**6),
                 rng.randrange(10**4),
                 rng.randrange(10**5),
@@ -102,3 +109,46 @@ def test_rows_out_of_time_order_are_refused() -> None:
     with pytest.raises(ValueError, match="time order"):
         Aggregator().feed([late, early])  # within one chunk
     Aggregator().feed([early, early, late])  # ties are in order
+
+
+needs_c = pytest.mark.skipif(
+    aggregates_module._c_aggregate is None, reason="claude_usaged._fastagg is not built"
+)
+
+
+@needs_c
+@pytest.mark.parametrize("seed", range(8))
+def test_the_c_aggregator_equals_the_python_one(seed: int) -> None:
+    """`aggregate` (C) against `Aggregator`, its specification: the same rows, floats bit
+    for bit, blocks' model sets included; and with strings equal but not identical
+    (rows read back from SQLite, where the C side's identity cache never hits)."""
+    rows = history(100 + seed, 5000)
+    expected = reference(rows)
+    for data in (rows, [(r[0], *(copy(v) for v in r[1:4]), *r[4:]) for r in rows]):
+        got = aggregate(data)
+        assert got.buckets == expected.buckets
+        assert got.sessions == expected.sessions
+        assert got.projects == expected.projects
+        assert got.blocks == expected.blocks
+        assert [type(v) for v in got.buckets[0]] == [type(v) for v in expected.buckets[0]]
+
+
+def copy(text: str) -> str:
+    """An equal string that is another object."""
+    return "".join(list(text))
+
+
+@needs_c
+def test_the_c_aggregator_leaves_huge_sums_and_bad_rows_to_python() -> None:
+    """A sum beyond 64 bits falls back to Python's integers; rows out of order or of the
+    wrong shape are refused as `Aggregator` refuses them."""
+    huge = [(1_000 * i, "m", "s", "/p", 2**62, 0, 0, 0, 0.5) for i in range(4)]
+    got = aggregate(huge)
+    assert got.buckets == [(0, "m", 4, 2**64, 0, 0, 0, 2.0, 0)]
+    assert got.blocks[0].input_tokens == 2**64
+    early, late = ((ts, "m", "s", "/p", 1, 1, 1, 1, 0.5) for ts in (1_000, 2_000))
+    with pytest.raises(ValueError, match="time order"):
+        aggregate([late, early])
+    with pytest.raises(TypeError):
+        aggregates_module._fastagg.aggregate([(1, "m")], BUCKET_MS, HOUR_MS, 5 * HOUR_MS)
+    assert aggregate([]) == Aggregates()
