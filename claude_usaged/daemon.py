@@ -90,14 +90,11 @@ async def _notify_caught_up(caught_up: asyncio.Future[None], ingest: Ingest, url
     sdnotify.notify(f"STATUS=serving {url}; {state.files} files, {ingest.lines} lines read")
 
 
-async def _finish_store(caught_up: asyncio.Future[None], store: Store, checkpoint: bool) -> None:
-    """Once the first catch-up is served: the rows it staged and the indexes it left to
-    build, and (after a head start, whose child merged none) the WAL merged into the
-    database."""
+async def _finish_store(caught_up: asyncio.Future[None], store: Store) -> None:
+    """Once the first catch-up is served: the rows it staged, the indexes it left to
+    build, and the WAL merged into the database (Store.finish)."""
     await caught_up
     await store.finish()
-    if checkpoint:
-        await store.checkpoint()
 
 
 async def _watchdog(interval: float) -> None:
@@ -341,11 +338,7 @@ class Daemon:
         self._tasks.append(
             asyncio.create_task(_notify_caught_up(caught_up, ingest, url), name="notify")
         )
-        self._tasks.append(
-            asyncio.create_task(
-                _finish_store(caught_up, store, self.head_start is not None), name="finish"
-            )
-        )
+        self._tasks.append(asyncio.create_task(_finish_store(caught_up, store), name="finish"))
         interval = sdnotify.watchdog_interval()
         if interval is not None:
             self._tasks.append(asyncio.create_task(_watchdog(interval), name="watchdog"))

@@ -379,9 +379,9 @@ def _catch_up(job: Job, status_fd: int) -> int:
     os.close(status_fd)
 
     async def run() -> None:
-        # the daemon builds the secondary indexes and checkpoints once it serves
+        # deferred: the daemon writes the staged rows, builds the secondary indexes and
+        # merges the WAL once it serves
         store = await Store.open(db, prices, forward_to=job.forward_target, deferred=True)
-        await store.defer_checkpoints()
         try:
             await catch_up(Ingest(store, [Path(d) for d in job.claude_dirs]))
         except BaseException:

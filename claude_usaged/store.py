@@ -63,6 +63,9 @@ LOADED_ROWS = 200_000
 a larger history settles from the table, as before."""
 
 
+AUTOCHECKPOINT_PAGES = 1000
+"""SQLite's default: a commit that leaves a longer WAL merges it into the database."""
+
 _IN_CHUNK = 500
 REBUILD_CHUNK = 20_000
 
@@ -284,7 +287,10 @@ class Store:
         `deferred`: the rows a bulk load staged, and the secondary indexes of
         `responses` (RESPONSE_INDEXES), are not written at open nor when the load
         settles, but by `finish` (the daemon calls it once it serves). The API's
-        answers need neither: they come from the aggregates.
+        answers need neither: they come from the aggregates. Nor is the WAL merged
+        into the database file (and fsynced) by a commit meanwhile: the first commit
+        after a head start's catch-up would otherwise copy its ~10 MB before the
+        daemon serves.
         """
         try:
             create_private_file(path)
@@ -308,14 +314,7 @@ class Store:
         async with self._writing:  # a transaction under way (an unstaging) ends first
             await self._db.close()
 
-    async def defer_checkpoints(self) -> None:
-        """Leave the WAL unmerged until another connection commits (the head start's
-        catch-up: each bulk batch would otherwise copy its pages into the database
-        file, and fsync it, before the daemon can serve)."""
-        await self._db.execute("PRAGMA wal_autocheckpoint=0")
-
-    @_serialized
-    async def checkpoint(self) -> None:
+    async def _checkpoint(self) -> None:
         """Merge the WAL into the database file now, as far as readers allow."""
         async with self._db.execute("PRAGMA wal_checkpoint(PASSIVE)") as cur:
             await cur.fetchall()
@@ -323,6 +322,8 @@ class Store:
     async def _migrate(self) -> None:
         for pragma in PRAGMAS:
             await self._db.execute(pragma)
+        if self.deferred:
+            await self._db.execute("PRAGMA wal_autocheckpoint=0")
         async with self._db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
         version = int(row[0]) if row else 0
@@ -343,11 +344,14 @@ class Store:
 
     @_serialized
     async def finish(self) -> None:
-        """What a `deferred` store left: the staged rows written into `responses`, and
-        every index of `responses` built."""
+        """What a `deferred` store left: the staged rows written into `responses`, every
+        index of `responses` built, and the WAL merged into the database file (and
+        merged by commits again from now on)."""
         if self._staged:
             await self._transaction(self._unstage)
         await self._create_indexes()
+        await self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
+        await self._checkpoint()
 
     async def _transaction(self, fn: Callable[[], Awaitable[None]]) -> None:
         db = self._db

@@ -1143,6 +1143,13 @@ async def opened(
         await store.close()
 
 
+async def autocheckpoint(store: Store) -> int:
+    async with store._db.execute("PRAGMA wal_autocheckpoint") as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 async def staged_load(db: Path, root: Path, corpus: dict[str, list[Line]], seed: int) -> None:
     """A deferred store's bulk load, settled, its rows left staged (then closed)."""
     async with opened(db, deferred=True) as store:
@@ -1174,7 +1181,10 @@ async def test_a_deferred_bulk_load_stages_its_rows_until_finish(
         assert replay_count(corpus) > 0
         assert count(db, "staged") == 3 + 1
         assert_matches_oracle(db, Oracle.of(all_lines(corpus)))
+        # nor did a commit merge the WAL into the database file: `finish` does
+        assert await autocheckpoint(deferred) == 0
         await deferred.finish()
+        assert await autocheckpoint(deferred) == store_module.AUTOCHECKPOINT_PAGES
     assert count(db, "staged") == 0
     assert exact_tables(db) == exact_tables(plain_db)
 
