@@ -63,6 +63,12 @@ LOADED_ROWS = 200_000
 a larger history settles from the table, as before."""
 
 
+STAGED_ROWS = 5000
+"""Rows per staged blob (see `Store._stage`)."""
+_STAGED_FORMAT = 1
+"""The layout of a staged blob: (1, first rowid, new rows, better rows, their rowids,
+uncounted rowids). A blob left by a crash may be read by a later release."""
+
 AUTOCHECKPOINT_PAGES = 1000
 """SQLite's default: a commit that leaves a longer WAL merges it into the database."""
 
@@ -373,10 +379,25 @@ class Store:
         async with self._db.execute("SELECT 1 FROM staged LIMIT 1") as cur:
             return await cur.fetchone() is not None
 
-    async def _stage(self, inserts: list[Any], replaces: list[Any], uncounted: list[int]) -> None:
-        """Keep a bulk load's rows as one blob, in the open transaction (see `_unstage`)."""
-        blob = pickle.dumps((inserts, replaces, uncounted), protocol=5)
-        await self._db.execute("INSERT INTO staged (rows) VALUES (?)", (blob,))
+    async def _stage(
+        self,
+        first: int = 0,
+        new: Sequence[tuple[Any, ...]] = (),
+        better: Sequence[tuple[Any, ...]] = (),
+        better_rowids: Sequence[int] = (),
+        uncounted: Sequence[int] = (),
+    ) -> None:
+        """Keep a bulk load's changes as blobs, in the open transaction (see `_unstage`):
+        `new` rows at rowids `first`, `first + 1`...; the `better` rows replacing those at
+        `better_rowids`; the rows at `uncounted` not counted. Rows go in blobs of at
+        most STAGED_ROWS, so writing them later holds few in memory."""
+        db = self._db
+        for i in range(0, max(len(new), 1), STAGED_ROWS):
+            part: tuple[Any, ...] = (first + i, list(new[i : i + STAGED_ROWS]), [], [], [])
+            if i == 0:
+                part = (*part[:2], list(better), list(better_rowids), list(uncounted))
+            blob = pickle.dumps((_STAGED_FORMAT, *part), protocol=5)
+            await db.execute("INSERT INTO staged (rows) VALUES (?)", (blob,))
         self._staged = True
 
     async def _unstage(self) -> None:
@@ -390,13 +411,19 @@ class Store:
         async with db.execute("SELECT id FROM staged ORDER BY id") as cur:
             ids = [row[0] for row in await cur.fetchall()]
         uncounted: list[int] = []
-        for blob_id in ids:  # one at a time: memory holds one batch's rows
+        for blob_id in ids:  # one at a time: memory holds one blob's rows
             async with db.execute("SELECT rows FROM staged WHERE id = ?", (blob_id,)) as cur:
                 row = await cur.fetchone()
             assert row is not None
-            inserts, replaces, uncount = pickle.loads(row[0])
-            await db.executemany(_INSERT_AT, inserts)
-            await db.executemany(_REPLACE_AT, replaces)
+            form, first, new, better, better_rowids, uncount = pickle.loads(row[0])
+            assert form == _STAGED_FORMAT
+            await db.executemany(
+                _INSERT_AT, [(rowid, *row) for rowid, row in enumerate(new, start=first)]
+            )
+            await db.executemany(
+                _REPLACE_AT,
+                [(*row, rowid) for row, rowid in zip(better, better_rowids, strict=True)],
+            )
             uncounted += uncount
         await db.executemany(
             "UPDATE responses SET counted = 0 WHERE rowid = ?", [(r,) for r in uncounted]
@@ -516,13 +543,12 @@ class Store:
             elif _rank(row) < _rank(old):
                 better.append(row)
         first = len(loaded) + 1  # rowids 1, 2, ... in the order rows were first stored
-        inserts = [(rowid, *row) for rowid, row in enumerate(new, start=first)]
-        replaces: list[tuple[Any, ...]] = []
+        rowids: list[int] = []
         if better:
             rowid_of = {key: rowid for rowid, key in enumerate(loaded, start=1)}
-            replaces = [(*row, rowid_of[row[0]]) for row in better]
-        if inserts or replaces:
-            await self._stage(inserts, replaces, [])
+            rowids = [rowid_of[row[0]] for row in better]
+        if new or better:
+            await self._stage(first, new, better, rowids)
         return new + better
 
     async def apply_records(self, records: Sequence[UsageRecord]) -> ApplyOutcome:
@@ -701,7 +727,7 @@ class Store:
         rows = sorted((row for row in loaded.values() if row[0] not in skip), key=_BY_TS)
         if skip:
             rowids = [rowid for rowid, key in enumerate(loaded, start=1) if key in skip]
-            await self._stage([], [], rowids)
+            await self._stage(uncounted=rowids)
         await self._replace_aggregates(aggregate(list(map(_AGGREGATED, rows))))
 
     async def _replace_aggregates(self, agg: Aggregates) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from claude_usaged import fastpath
 from claude_usaged.parser import ParseResult, _Interner, parse_lines
 from claude_usaged.usage import dedupe
 
@@ -169,8 +170,11 @@ def read_new(
         session, project = _fallbacks(path)
         with _read_buffer() as buf:
             offset = _consume(buf, fd, start, result, session, project, intern, max_line)
-        # a streamed response's lines sit in one file: keep only each key's winner
-        result.parsed.records = list(dedupe(result.parsed.records).values())
+        if not fastpath.enabled():
+            # a streamed response's lines sit in one file: keep only each key's winner
+            # (the C scanner drops the lines that cannot win as it reads; the store
+            # dedupes a batch's records in any case)
+            result.parsed.records = list(dedupe(result.parsed.records).values())
         head = _pread(fd, min(HEAD_BYTES, offset), 0)
         tail_start = max(0, offset - TAIL_BYTES)
         result.cursor = Cursor(
