@@ -391,7 +391,7 @@ async def test_reading_transcripts_sends_the_watcher_no_event(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Programs that only read the transcripts (a catch-up, ccusage, grep) wake nothing:
-    the kernel is asked for changes only, not for opens and closes."""
+    the kernel is asked for changes only, not for opens and closes after reading."""
     path = tmp_path / "claude" / "projects" / ENC / "s.jsonl"
     write_lines(path, [line(1, 100)])
     seen: list[str] = []
@@ -415,4 +415,4 @@ async def test_reading_transcripts_sends_the_watcher_no_event(
     finally:
         watcher.stop()
     assert "modified" in seen
-    assert not {"opened", "closed_no_write", "closed"} & set(seen), seen
+    assert not {"opened", "closed_no_write"} & set(seen), seen
