@@ -90,6 +90,14 @@ async def _notify_caught_up(caught_up: asyncio.Future[None], ingest: Ingest, url
     sdnotify.notify(f"STATUS=serving {url}; {state.files} files, {ingest.lines} lines read")
 
 
+async def _forward_once_caught_up(caught_up: asyncio.Future[None], forwarder: Forwarder) -> None:
+    """Deliver from the end of the first catch-up: a batch frozen before it would write a
+    cold catch-up's staged rows into `responses` (again at each batch as the load goes
+    on) and hold up the catch-up it waits for. What it queued is sent right after."""
+    await caught_up
+    await forwarder.run()
+
+
 async def _finish_store(caught_up: asyncio.Future[None], store: Store) -> None:
     """Once the first catch-up is served: the rows it staged, the indexes it left to
     build, and the WAL merged into the database (Store.finish)."""
@@ -318,7 +326,11 @@ class Daemon:
         )
         if self.forwarder is not None:
             # last started, first stopped: an unacknowledged batch is simply sent again
-            self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forward"))
+            self._tasks.append(
+                asyncio.create_task(
+                    _forward_once_caught_up(caught_up, self.forwarder), name="forward"
+                )
+            )
         self.address = (host, port)
         write_address(address_file(s.db), host, port)
         log.info(

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import itertools
 import json
 import os
 import pickle
@@ -209,6 +210,22 @@ def _response_row(r: UsageRecord) -> tuple[Any, ...]:
     )
 
 
+_DISTINCT_TEXT = itemgetter(3, 4, 5, 13, 14)
+"""Of a response row: model, session, project, speed, geo (few distinct values)."""
+
+
+def _check_text(rows: Sequence[tuple[Any, ...]]) -> None:
+    """Raise UnicodeEncodeError for text SQLite cannot store, as binding it would.
+    Staged rows are bound only when written, too late to set aside the file that held
+    the value (ingest splits a batch that raises a data error, file by file): a bug
+    that lets such text through (a file name that is not UTF-8 did) must fail here."""
+    if not rows:
+        return
+    distinct = set(itertools.chain.from_iterable(map(_DISTINCT_TEXT, rows)))
+    keys = itertools.chain(map(itemgetter(0), rows), map(itemgetter(1), rows))
+    "".join(itertools.chain(keys, map(str, distinct))).encode("utf-8")
+
+
 def _stored_path(path: str) -> str | bytes:
     """A path as the cursors table keeps it: text, or the raw bytes of a file name
     that is not UTF-8 (SQLite text must be; `os.fsdecode` gives the same str back)."""
@@ -355,6 +372,7 @@ class Store:
         merged by commits again from now on)."""
         if self._staged:
             await self._transaction(self._unstage)
+        self.deferred = False  # from now on, as any store: indexes kept, WAL merged
         await self._create_indexes()
         await self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
         await self._checkpoint()
@@ -370,10 +388,17 @@ class Store:
             raise
 
     async def _rollback(self) -> None:
-        """Undo the open transaction, and forget what it may have left in memory."""
+        """Undo the open transaction, and forget what it may have left in memory. SQLite
+        may have rolled it back already (a full disk does): then there is none to undo."""
         self._loaded = None
-        await self._db.execute("ROLLBACK")
-        self._staged = await self._has_staged()
+        try:
+            if self._db.in_transaction:
+                await self._db.execute("ROLLBACK")
+        finally:
+            try:
+                self._staged = await self._has_staged()
+            except aiosqlite.Error:
+                self._staged = True  # unknown: the next reader of `responses` looks
 
     async def _has_staged(self) -> bool:
         async with self._db.execute("SELECT 1 FROM staged LIMIT 1") as cur:
@@ -548,6 +573,8 @@ class Store:
             rowid_of = {key: rowid for rowid, key in enumerate(loaded, start=1)}
             rowids = [rowid_of[row[0]] for row in better]
         if new or better:
+            _check_text(new)
+            _check_text(better)
             await self._stage(first, new, better, rowids)
         return new + better
 

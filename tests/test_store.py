@@ -22,14 +22,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
 from conftest import RunningDaemon, assistant, dumps, user, write_lines
 
 from claude_usaged import outbox
 from claude_usaged import store as store_module
 from claude_usaged.pricing import PriceTable
+from claude_usaged.schema import RESPONSE_INDEXES
 from claude_usaged.store import Store
 from claude_usaged.tailer import Cursor, read_new
+from claude_usaged.usage import UsageRecord
 from claude_usaged.windows import build_blocks
 
 H = 3_600_000
@@ -1265,3 +1268,101 @@ async def test_a_failed_transaction_keeps_the_staged_rows(
     assert count(db, "staged") == 0
     assert count(db, "responses") == response_count(lines)
     assert_matches_oracle(db, Oracle.of(lines))
+
+
+def response_indexes(db: Path) -> set[str]:
+    with connect(db) as con:
+        rows = con.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'responses'"
+            " AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+    return {name for (name,) in rows}
+
+
+async def test_after_finish_a_deferred_store_keeps_its_indexes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`finish` ends the deferral: a later bulk load onto a table still empty (a history
+    copied in after the daemon started on none) writes its rows and every index at once."""
+    monkeypatch.setattr(store_module, "BULK_THRESHOLD", 10)
+    corpus = make_corpus(seed=41, sessions=6, per_session=20)
+    db = tmp_path / "usage.sqlite3"
+    async with opened(db, deferred=True) as store:
+        await store.settle()
+        await store.finish()  # the first catch-up (of nothing) is served
+        await feed_in_bulk(store, tmp_path / "files", corpus, seed=3)
+        assert await store.settle() is True
+        assert count(db, "staged") == 0
+    assert response_indexes(db) == {"responses_key", *RESPONSE_INDEXES}
+    assert_matches_oracle(db, Oracle.of(all_lines(corpus)))
+
+
+async def test_a_full_disk_after_writing_the_staged_rows_keeps_them_staged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk makes SQLite roll the whole transaction back by itself, staged rows
+    written into `responses` included: the store must know they are staged still (and
+    report the full disk, not a failed ROLLBACK), so the next reader writes them."""
+    monkeypatch.setattr(store_module, "BULK_THRESHOLD", 10)
+    corpus = make_corpus(seed=47, sessions=6, per_session=20)
+    db = tmp_path / "usage.sqlite3"
+    await staged_load(db, tmp_path / "files", corpus, seed=5)
+    late = a("late", "r-late", "2025-11-20T10:00:00.000Z", input_tokens=7)
+    write_lines(tmp_path / "files" / "late.jsonl", [late])
+
+    async def big_batch(db: aiosqlite.Connection) -> None:  # as the forwarder freezes one
+        await db.execute(
+            "INSERT INTO outbox_batches(id, created_ms, body) VALUES ('b', 0, zeroblob(2000000))"
+        )
+
+    async with opened(db, deferred=True) as store:
+        async with store._db.execute("PRAGMA page_count") as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        await store._db.execute(f"PRAGMA max_page_count={row[0] + 50}")  # nearly full
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            await store.write(big_batch)
+        await store._db.execute("PRAGMA max_page_count=1000000")  # room again
+        assert store._staged is True
+        await Feeder(store, tmp_path / "files").apply("late.jsonl")
+        await store.finish()
+    lines = [*all_lines(corpus), late]
+    assert count(db, "staged") == 0
+    assert count(db, "responses") == response_count(lines)
+    assert_matches_oracle(db, Oracle.of(lines))
+
+
+async def test_text_sqlite_cannot_store_is_refused_before_it_is_staged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staged rows are bound only when written: a bulk batch holding text that is not
+    UTF-8 must fail at `apply`, as an insert would, so ingest can set its file aside
+    (test_watching), and must leave nothing staged that no write could ever take."""
+    monkeypatch.setattr(store_module, "BULK_THRESHOLD", 10)
+    records = [
+        UsageRecord(
+            f"m{i}:r{i}",
+            f"m{i}",
+            ms("2025-11-20T10:00:00.000Z") + i,
+            MODELS[0],
+            "s",
+            "/p" if i else "/bad-\udcff",
+            False,
+            1,
+            1,
+            0,
+            0,
+            0,
+        )
+        for i in range(20)
+    ]
+    db = tmp_path / "usage.sqlite3"
+    async with opened(db, deferred=True) as store:
+        with pytest.raises(UnicodeEncodeError):
+            await store.apply_records(records)
+        assert count(db, "staged") == 0
+        await store.apply_records(records[1:])  # the rest, once the bad one is set aside
+        await store.settle()
+        await store.finish()
+    assert count(db, "responses") == 19
+    assert days(db) == {"2025-11-20": (19, 19, 19, 0, 0)}
