@@ -11,10 +11,11 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import RunningDaemon, write_history
+from conftest import RunningDaemon, daemon_on, write_history
 
 ENC = "-home-dev-api"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -47,11 +48,13 @@ async def raw(running: RunningDaemon, path: str) -> str:
 
 
 @pytest.fixture
-async def history(running: RunningDaemon) -> RunningDaemon:
-    """Two days, two sessions, two models, in one project."""
-    write_history(running.root)
-    await running.refresh()
-    return running
+async def history(claude_root: Path, tmp_path: Path) -> AsyncIterator[RunningDaemon]:
+    """Two days, two sessions, two models, in one project, written before the daemon
+    starts: no watcher event can arrive later and change `last_event_at` between the
+    two answers a test compares byte for byte."""
+    write_history(claude_root)
+    async with daemon_on(claude_root, tmp_path / "data" / "usage.sqlite3") as running:
+        yield running
 
 
 @pytest.mark.parametrize(
