@@ -17,13 +17,13 @@ objects, not SQL, is what costs there. Any doubt (a failed transaction, a
 reprice) drops that copy and `settle()` reads the table, as after a crash.
 
 Such a load does not even insert its rows one by one: each batch stages them as
-one blob (table `staged`) in its transaction, and `unstage` writes them into
+blobs (table `staged`) in its transaction, and `_unstage` writes them into
 `responses` later, in one transaction (a store opened `deferred`, the daemon's,
-once it serves; otherwise at the end of `settle`). SQLite's ~2 us per inserted
-row was a quarter of a cold catch-up. Every path that reads `responses` (an
-incremental batch, a rebuild, a reprice, the outbox) unstages first, in its own
-transaction, so nothing ever sees the table without its staged rows but a reader
-of the file itself.
+in `finish` once it serves; otherwise at the end of `settle`). SQLite's ~2 us per
+inserted row was a quarter of a cold catch-up. Every path that reads `responses`
+(an incremental batch, a rebuild, a reprice, the outbox) writes them first, in its
+own transaction, so nothing sees the table without its staged rows but a reader of
+the file itself.
 """
 
 from __future__ import annotations
