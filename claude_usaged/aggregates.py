@@ -1,9 +1,11 @@
 """Every aggregate from scratch, in one pass over the counted responses. Pure.
 
 The store uses this after a bulk load (the cold catch-up) instead of one SQL
-GROUP BY per table: one pass in time order, read in chunks so memory does not
-grow with the history. The incremental path keeps the same tables with SQL; tests check both
-give identical rows.
+GROUP BY per table: one pass in time order. `Aggregator` takes the rows in
+chunks, so memory does not grow with the history (rows read back from SQLite);
+`aggregate` takes them all at once (rows kept in memory), in C when it is built
+(`_fastagg.c`), with `Aggregator` as its specification. The incremental path keeps
+the same tables with SQL; tests check all of them give identical rows.
 """
 
 from __future__ import annotations
