@@ -356,8 +356,13 @@ class Store:
                 f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
             )
             log.info("store.migrated", version=number)
+        await self._build_indexes()
+
+    async def _build_indexes(self) -> None:
+        """The key index (upserts need it: it is never deferred), and unless the store
+        is `deferred` the secondary ones."""
         if self.deferred:
-            await self._db.execute(KEY_INDEX)  # upserts need it: it is never deferred
+            await self._db.execute(KEY_INDEX)
         else:
             await self._create_indexes()
 
@@ -366,27 +371,35 @@ class Store:
         for name, target in RESPONSE_INDEXES.items():
             await self._db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
 
+    async def _drop_indexes(self, *, key: bool) -> None:
+        """Drop the secondary indexes of `responses`, and with `key` its key index: a bulk
+        load builds them once its rows are in, instead of keeping them sorted."""
+        for name in (*RESPONSE_INDEXES, "responses_key") if key else RESPONSE_INDEXES:
+            await self._db.execute(f"DROP INDEX IF EXISTS {name}")
+
     @_serialized
     async def finish(self) -> None:
         """What a `deferred` store left: the staged rows written into `responses`, every
         index of `responses` built, and the WAL merged into the database file (and
         merged by commits again from now on)."""
-        if self._staged:
+        if self._staged:  # else no transaction is needed at all
             await self._transaction(self._unstage)
         self.deferred = False  # from now on, as any store: indexes kept, WAL merged
         await self._create_indexes()
         await self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
         await self._checkpoint()
 
-    async def _transaction(self, fn: Callable[[], Awaitable[None]]) -> None:
+    async def _transaction(self, fn: Callable[[], Awaitable[_T]]) -> _T:
+        """`fn` in one write transaction: committed, or rolled back if it raises."""
         db = self._db
         await db.execute("BEGIN IMMEDIATE")
         try:
-            await fn()
+            result = await fn()
             await db.execute("COMMIT")
         except BaseException:
             await self._rollback()
             raise
+        return result
 
     async def _rollback(self) -> None:
         """Undo the open transaction, and forget what it may have left in memory. SQLite
@@ -417,23 +430,24 @@ class Store:
         `new` rows at rowids `first`, `first + 1`...; the `better` rows replacing those at
         `better_rowids`; the rows at `uncounted` not counted. Rows go in blobs of at
         most STAGED_ROWS, so writing them later holds few in memory."""
-        db = self._db
+        rest: tuple[list[Any], ...] = (list(better), list(better_rowids), list(uncounted))
         for i in range(0, max(len(new), 1), STAGED_ROWS):
-            part: tuple[Any, ...] = (first + i, list(new[i : i + STAGED_ROWS]), [], [], [])
-            if i == 0:
-                part = (*part[:2], list(better), list(better_rowids), list(uncounted))
-            blob = pickle.dumps((_STAGED_FORMAT, *part), protocol=5)
-            await db.execute("INSERT INTO staged (rows) VALUES (?)", (blob,))
+            part = (_STAGED_FORMAT, first + i, list(new[i : i + STAGED_ROWS]), *rest)
+            blob = pickle.dumps(part, protocol=5)
+            await self._db.execute("INSERT INTO staged (rows) VALUES (?)", (blob,))
+            rest = ([], [], [])  # all in the first blob
         self._staged = True
 
     async def _unstage(self) -> None:
         """Write the staged rows into `responses`, in the open transaction, blob by blob
         in the order they were staged: the same rows at the same rowids as inserting
         them at once would have written (a load is staged only onto an empty table,
-        so its rowids are free). The indexes are built after the rows are in."""
+        so its rowids are free). The indexes are built after the rows are in. Nothing
+        to do when nothing is staged."""
+        if not self._staged:
+            return
         db = self._db
-        for name in (*RESPONSE_INDEXES, "responses_key"):
-            await db.execute(f"DROP INDEX IF EXISTS {name}")
+        await self._drop_indexes(key=True)
         async with db.execute("SELECT id FROM staged ORDER BY id") as cur:
             ids = [row[0] for row in await cur.fetchall()]
         uncounted: list[int] = []
@@ -454,9 +468,7 @@ class Store:
         await db.executemany(
             "UPDATE responses SET counted = 0 WHERE rowid = ?", [(r,) for r in uncounted]
         )
-        await db.execute(KEY_INDEX)
-        if not self.deferred:
-            await self._create_indexes()
+        await self._build_indexes()
         await db.execute("DELETE FROM staged")
         self._staged = False
 
@@ -510,16 +522,13 @@ class Store:
         stored: list[tuple[Any, ...]] = []
         await db.execute("BEGIN IMMEDIATE")
         try:
-            if self._staged and self._loaded is None:
+            if self._loaded is None:
                 await self._unstage()  # the paths below read `responses`
             dirty = await self._meta("dirty") == "1"
             if len(best) > BULK_THRESHOLD or dirty:
                 if not dirty:
                     self._loaded = {} if await self._responses_empty() else None
-                    for name in RESPONSE_INDEXES:
-                        await db.execute(f"DROP INDEX IF EXISTS {name}")
-                    if self._loaded is not None:
-                        await db.execute("DROP INDEX IF EXISTS responses_key")
+                    await self._drop_indexes(key=self._loaded is not None)
                     await self._set_meta("dirty", "1")
                 changed = list(best.values())
                 stored = await self._bulk_write([_response_row(r) for r in changed])
@@ -573,11 +582,11 @@ class Store:
         if better:
             rowid_of = {key: rowid for rowid, key in enumerate(loaded, start=1)}
             rowids = [rowid_of[row[0]] for row in better]
-        if new or better:
-            _check_text(new)
-            _check_text(better)
+        stored = new + better
+        if stored:
+            _check_text(stored)
             await self._stage(first, new, better, rowids)
-        return new + better
+        return stored
 
     async def apply_records(self, records: Sequence[UsageRecord]) -> ApplyOutcome:
         """Store records that come from no file (a forwarded batch): no cursor, no lines."""
@@ -728,8 +737,7 @@ class Store:
         """Counted flags and every aggregate, from the responses table."""
         db = self._db
         self._loaded = None
-        if self._staged:
-            await self._unstage()
+        await self._unstage()
         await self._create_indexes()
         # non-sidechain rows are always counted: only the others can change
         await db.execute("UPDATE responses SET counted = 1 WHERE counted = 0 AND is_sidechain = 0")
@@ -778,8 +786,7 @@ class Store:
         db = self._db
         await db.execute("BEGIN IMMEDIATE")
         try:
-            if self._staged:
-                await self._unstage()
+            await self._unstage()
             async with db.execute(
                 "SELECT key, message_id, ts, model, session_id, project, is_sidechain, input, "
                 "output, cache_creation, cache_creation_1h, cache_read, web_search, speed, geo, "
@@ -839,17 +846,13 @@ class Store:
         """Run `fn` on the writer connection in one transaction, never beside `apply`.
         For an `fn` that reads `responses` (`responses=True`), staged rows are written
         into it first."""
-        db = self._db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            if self._staged and responses:
+
+        async def run() -> _T:
+            if responses:
                 await self._unstage()
-            result = await fn(db)
-            await db.execute("COMMIT")
-        except BaseException:
-            await self._rollback()
-            raise
-        return result
+            return await fn(self._db)
+
+        return await self._transaction(run)
 
 
 def _block_row(b: Block) -> tuple[Any, ...]:
