@@ -20,7 +20,7 @@ from operator import add, gt, itemgetter
 from typing import Any
 
 from claude_usaged.usage import BUCKET_MS, HOUR_MS, WINDOW_MS
-from claude_usaged.windows import Block, floor_hour
+from claude_usaged.windows import Block, build_blocks
 
 ResponseRow = tuple[int, str, str, str, int, int, int, int, float | None]
 """(ts_ms, model, session_id, project, input, output, cache_creation, cache_read, cost)."""
@@ -68,47 +68,6 @@ def _grouped(keys: Iterable[Any], rows: Sequence[ResponseRow]) -> dict[Any, list
     return groups
 
 
-def _add_to_block(block: Block, rows: Sequence[ResponseRow]) -> None:
-    """`Block.add_response` for each row (in time order), summed a group at a time."""
-    block.entries += len(rows)
-    block.input_tokens += sum(map(_IN, rows))
-    block.output_tokens += sum(map(_OUT, rows))
-    block.cache_creation_tokens += sum(map(_CC, rows))
-    block.cache_read_tokens += sum(map(_CR, rows))
-    costs = _priced(rows)
-    block.cost_usd = reduce(add, costs, block.cost_usd)
-    if len(costs) != len(rows):
-        block.unpriced += len(rows) - len(costs)
-        block.unpriced_models.update(row[1] for row in rows if row[8] is None)
-    block.models.update(map(_MODEL, rows))
-    block.last_ms = rows[-1][0]
-
-
-def _blocks(rows: Sequence[ResponseRow], times: list[int], previous: Block | None) -> list[Block]:
-    """`windows.build_blocks` of time-sorted rows: where each block opens is found
-    from the times alone, then each block's rows are summed at once."""
-    opens: list[int] = []  # indexes of the rows that open a block
-    start = last = 0
-    current = previous is not None
-    if previous is not None:
-        start, last = previous.start_ms, previous.last_ms
-    for i, ts in enumerate(times):
-        if not current or ts - start > WINDOW_MS or ts - last > WINDOW_MS:
-            opens.append(i)
-            start, current = floor_hour(ts), True
-        last = ts
-    new: list[Block] = []
-    edges = [*opens, len(rows)]
-    if opens[:1] != [0]:
-        assert previous is not None
-        _add_to_block(previous, rows[: edges[0]])
-    for a, b in itertools.pairwise(edges):
-        block = Block(start_ms=floor_hour(times[a]), first_ms=times[a], last_ms=times[a])
-        _add_to_block(block, rows[a:b])
-        new.append(block)
-    return new
-
-
 class Aggregator:
     """Feed counted responses in time order, in chunks; memory stays bounded by groups."""
 
@@ -142,7 +101,13 @@ class Aggregator:
                 _add(acc, group)
                 acc[8] = group[-1][0]
         previous = self._blocks[-1] if self._blocks else None
-        self._blocks += _blocks(rows, times, previous)
+        self._blocks += build_blocks(
+            (
+                (ts, model, inp, out, cc, cr, cost)
+                for ts, model, _, _, inp, out, cc, cr, cost in rows
+            ),
+            previous,
+        )
 
     def result(self) -> Aggregates:
         out = Aggregates()
