@@ -50,6 +50,23 @@ acc_add(Acc *a, const Nums *r)
     return 0;
 }
 
+/* Put n new references (NULL where making one failed) into tuple[at:at + n]; if any
+ * is NULL, release the others instead and return -1. */
+static int
+put_all(PyObject *tuple, Py_ssize_t at, PyObject **v, int n)
+{
+    int ok = 1;
+    for (int i = 0; i < n; i++)
+        ok = ok && v[i] != NULL;
+    for (int i = 0; i < n; i++) {
+        if (ok)
+            PyTuple_SET_ITEM(tuple, at + i, v[i]);
+        else
+            Py_XDECREF(v[i]);
+    }
+    return ok ? 0 : -1;
+}
+
 /* The sums as Python objects: entries, input, output, cache_creation, cache_read,
  * cost, unpriced (the order of Aggregator's accumulators). */
 static int
@@ -61,16 +78,7 @@ put_sums(PyObject *tuple, Py_ssize_t at, const Acc *a)
         PyLong_FromLongLong(a->cache_read),     PyFloat_FromDouble(a->cost),
         PyLong_FromLongLong(a->unpriced),
     };
-    int ok = 1;
-    for (int i = 0; i < 7; i++) {
-        if (v[i] == NULL)
-            ok = 0;
-        if (ok)
-            PyTuple_SET_ITEM(tuple, at + i, v[i]);
-        else
-            Py_XDECREF(v[i]);
-    }
-    return ok ? 0 : -1;
+    return put_all(tuple, at, v, 7);
 }
 
 /* ---- groups: a dict from key to index, and the accumulators ------------------ */
@@ -254,15 +262,11 @@ table_rows(const Table *t, const int *parts, int n_parts, int spans)
         }
         Py_ssize_t at = n_parts;
         if (spans) {
-            PyObject *first = PyLong_FromLongLong(a->first), *last = PyLong_FromLongLong(a->last);
-            if (first == NULL || last == NULL) {
-                Py_XDECREF(first);
-                Py_XDECREF(last);
+            PyObject *span[2] = {PyLong_FromLongLong(a->first), PyLong_FromLongLong(a->last)};
+            if (put_all(row, at, span, 2) < 0) {
                 Py_DECREF(out);
                 return NULL;
             }
-            PyTuple_SET_ITEM(row, at, first);
-            PyTuple_SET_ITEM(row, at + 1, last);
             at += 2;
         }
         if (put_sums(row, at, a) < 0) {
@@ -287,20 +291,12 @@ block_rows(const Blocks *b)
             return NULL;
         }
         PyList_SET_ITEM(out, i, row);
-        PyObject *start = PyLong_FromLongLong(k->start);
-        PyObject *first = PyLong_FromLongLong(k->acc.first);
-        PyObject *last = PyLong_FromLongLong(k->acc.last);
-        if (start == NULL || first == NULL || last == NULL) {
-            Py_XDECREF(start);
-            Py_XDECREF(first);
-            Py_XDECREF(last);
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(row, 0, start);
-        PyTuple_SET_ITEM(row, 1, first);
-        PyTuple_SET_ITEM(row, 2, last);
-        if (put_sums(row, 3, &k->acc) < 0) {
+        PyObject *times[3] = {
+            PyLong_FromLongLong(k->start),
+            PyLong_FromLongLong(k->acc.first),
+            PyLong_FromLongLong(k->acc.last),
+        };
+        if (put_all(row, 0, times, 3) < 0 || put_sums(row, 3, &k->acc) < 0) {
             Py_DECREF(out);
             return NULL;
         }
@@ -321,6 +317,21 @@ typedef struct {
     int64_t n;
     Py_ssize_t index;
 } Recent;
+
+/* The index of the group keyed (a, b, c), or (a, b) when c is NULL: the last one when
+ * the parts are the same objects, else looked up (added if new); -1 on error. */
+static Py_ssize_t
+group_of(Table *t, Recent *recent, PyObject *a, PyObject *b, PyObject *c, int64_t ts)
+{
+    if (recent->index >= 0 && a == recent->a && b == recent->b && c == recent->c)
+        return recent->index;
+    PyObject *key = c != NULL ? PyTuple_Pack(3, a, b, c) : PyTuple_Pack(2, a, b);
+    recent->index = table_slot(t, key, ts);
+    recent->a = a;
+    recent->b = b;
+    recent->c = c;
+    return recent->index;
+}
 
 PyDoc_STRVAR(aggregate_doc,
 "aggregate(rows, bucket_ms, hour_ms, window_ms) -> (buckets, sessions, projects, blocks)\n"
@@ -385,25 +396,11 @@ aggregate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (acc_add(&buckets.items[rb.index], &r) < 0)
             goto done;
 
-        if (rs.index < 0 || session != rs.a || project != rs.b || model != rs.c) {
-            rs.index = table_slot(&sessions, PyTuple_Pack(3, session, project, model), r.ts);
-            if (rs.index < 0)
-                goto done;
-            rs.a = session;
-            rs.b = project;
-            rs.c = model;
-        }
-        if (acc_add(&sessions.items[rs.index], &r) < 0)
+        if (group_of(&sessions, &rs, session, project, model, r.ts) < 0 ||
+            acc_add(&sessions.items[rs.index], &r) < 0)
             goto done;
-
-        if (rp.index < 0 || project != rp.a || model != rp.b) {
-            rp.index = table_slot(&projects, PyTuple_Pack(2, project, model), r.ts);
-            if (rp.index < 0)
-                goto done;
-            rp.a = project;
-            rp.b = model;
-        }
-        if (acc_add(&projects.items[rp.index], &r) < 0)
+        if (group_of(&projects, &rp, project, model, NULL, r.ts) < 0 ||
+            acc_add(&projects.items[rp.index], &r) < 0)
             goto done;
 
         /* windows.build_blocks: a new block when more than window_ms after the block's
