@@ -24,7 +24,17 @@ from typing import Any
 
 import pytest
 from conftest import assistant, write_lines
-from test_process import ENC, STOP_TIMEOUT, Proc, clean_env, command, launch, log_events, poll
+from test_process import (
+    ENC,
+    STOP_TIMEOUT,
+    Proc,
+    clean_env,
+    command,
+    launch,
+    log_events,
+    poll,
+    run_failing,
+)
 
 from claude_usaged import __version__
 from claude_usaged.instance import InstanceLock
@@ -292,16 +302,9 @@ def test_a_daemon_that_cannot_start_leaves_no_child_and_no_database(
         sock.listen()
         args = ["--tz", "Mars/Olympus"] if bad == "setting" else []
         port = str(sock.getsockname()[1]) if bad == "port" else "0"
-        done = subprocess.run(
-            [*command(db, port=False), "--port", port, *args],
-            env=clean_env(root, tmp_path / "home"),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=15,
-        )
-    assert done.returncode == 3, done.stderr
-    assert "Traceback" not in done.stderr
+        status, stderr = run_failing(tmp_path, root, "--port", port, *args, db=db)
+    assert status == 3, stderr
+    assert "Traceback" not in stderr
     if bad == "setting":
         assert not db.exists()
     else:  # the daemon opens its database before it binds (as without a head start)
@@ -317,17 +320,10 @@ def test_a_usage_error_exits_2_and_leaves_no_child(tmp_path: Path) -> None:
     root = tmp_path / "claude"
     history(root)
     db = tmp_path / "data" / "u.sqlite3"
-    done = subprocess.run(
-        [*command(db), "--no-such-flag"],
-        env=clean_env(root, tmp_path / "home"),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=15,
-    )
-    assert done.returncode == 2, done.stderr
-    assert "unrecognized arguments: --no-such-flag" in done.stderr
-    assert "Traceback" not in done.stderr
+    status, stderr = run_failing(tmp_path, root, "--no-such-flag", db=db)
+    assert status == 2, stderr
+    assert "unrecognized arguments: --no-such-flag" in stderr
+    assert "Traceback" not in stderr
     assert not db.exists()
     assert _processes_naming(str(db)) == []
 
@@ -369,16 +365,11 @@ def test_a_bad_switch_value_is_one_line_and_exit_3(tmp_path: Path) -> None:
     """CLAUDE_USAGED_HEAD_START takes on or off (1/0, true/false, yes/no, on/off)."""
     root = tmp_path / "claude"
     history(root)
-    done = subprocess.run(
-        command(tmp_path / "u.sqlite3"),
-        env=clean_env(root, tmp_path / "home", CLAUDE_USAGED_HEAD_START="maybe"),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=15,
+    status, stderr = run_failing(
+        tmp_path, root, db=tmp_path / "u.sqlite3", CLAUDE_USAGED_HEAD_START="maybe"
     )
-    assert done.returncode == 3
-    assert done.stderr == (
+    assert status == 3
+    assert stderr == (
         "claude-usaged: bad environment variable CLAUDE_USAGED_HEAD_START='maybe': "
         "use 1 to start the first catch-up in a child (the default) or 0 not to\n"
     )

@@ -395,6 +395,12 @@ def a(msg: str, req: str | None, ts: str, **kw: Any) -> dict[str, Any]:
     return assistant(msg, req, ts, **kw)
 
 
+async def disk_full(self: Store, name: str, delta: int) -> None:
+    """Store._bump_counter failing: it runs after the responses and cursors were written,
+    inside the transaction."""
+    raise OSError(28, "No space left on device")
+
+
 # -- global dedupe -------------------------------------------------------------------------
 
 
@@ -935,9 +941,6 @@ async def test_failed_bulk_batch_drops_the_rows_in_memory(
     await feeder.apply(*names[:half])
     assert store._loaded is not None
 
-    async def disk_full(self: Store, name: str, delta: int) -> None:
-        raise OSError(28, "No space left on device")
-
     with monkeypatch.context() as m:
         m.setattr(Store, "_bump_counter", disk_full)
         with pytest.raises(OSError):
@@ -998,10 +1001,6 @@ async def test_failed_batch_stores_neither_responses_nor_cursors(
     """A batch whose write fails midway leaves no trace; the retry counts it exactly once."""
     write_lines(tmp_path / "s.jsonl", [a("m1", "r1", "2025-11-20T10:00:00.000Z", input_tokens=5)])
     feeder = Feeder(store, tmp_path)
-
-    async def disk_full(self: Store, name: str, delta: int) -> None:
-        # runs after the responses and cursors were written, inside the transaction
-        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Store, "_bump_counter", disk_full)
     with pytest.raises(OSError):
@@ -1153,6 +1152,13 @@ async def autocheckpoint(store: Store) -> int:
     return int(row[0])
 
 
+def write_late(root: Path) -> Line:
+    """One more response, in a file of its own (late.jsonl): 7 input tokens."""
+    late = a("late", "r-late", "2025-11-20T10:00:00.000Z", input_tokens=7)
+    write_lines(root / "late.jsonl", [late])
+    return late
+
+
 async def staged_load(db: Path, root: Path, corpus: dict[str, list[Line]], seed: int) -> None:
     """A deferred store's bulk load, settled, its rows left staged (then closed)."""
     async with opened(db, deferred=True) as store:
@@ -1220,8 +1226,7 @@ async def test_every_reader_of_responses_sees_the_staged_rows(
         if then != "reprice":
             assert count(db, "staged") > 0  # opening does not write them: a reader does
         if then == "incremental":
-            late = a("late", "r-late", "2025-11-20T10:00:00.000Z", input_tokens=7)
-            write_lines(tmp_path / "files" / "late.jsonl", [late])
+            late = write_late(tmp_path / "files")
             await Feeder(store, tmp_path / "files").apply("late.jsonl")
             lines = [*lines, late]
         elif then == "reprice":
@@ -1250,11 +1255,7 @@ async def test_a_failed_transaction_keeps_the_staged_rows(
     corpus = make_corpus(seed=53, sessions=5, per_session=20)
     db = tmp_path / "usage.sqlite3"
     await staged_load(db, tmp_path / "files", corpus, seed=7)
-    late = a("late", "r-late", "2025-11-20T10:00:00.000Z", input_tokens=7)
-    write_lines(tmp_path / "files" / "late.jsonl", [late])
-
-    async def disk_full(self: Store, name: str, delta: int) -> None:
-        raise OSError(28, "No space left on device")
+    late = write_late(tmp_path / "files")
 
     async with opened(db, deferred=True) as store:
         feeder = Feeder(store, tmp_path / "files")
@@ -1307,8 +1308,7 @@ async def test_a_full_disk_after_writing_the_staged_rows_keeps_them_staged(
     corpus = make_corpus(seed=47, sessions=6, per_session=20)
     db = tmp_path / "usage.sqlite3"
     await staged_load(db, tmp_path / "files", corpus, seed=5)
-    late = a("late", "r-late", "2025-11-20T10:00:00.000Z", input_tokens=7)
-    write_lines(tmp_path / "files" / "late.jsonl", [late])
+    late = write_late(tmp_path / "files")
 
     async def big_batch(db: aiosqlite.Connection) -> None:  # as the forwarder freezes one
         await db.execute(
