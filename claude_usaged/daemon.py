@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -90,19 +90,12 @@ async def _notify_caught_up(caught_up: asyncio.Future[None], ingest: Ingest, url
     sdnotify.notify(f"STATUS=serving {url}; {state.files} files, {ingest.lines} lines read")
 
 
-async def _forward_once_caught_up(caught_up: asyncio.Future[None], forwarder: Forwarder) -> None:
-    """Deliver from the end of the first catch-up: a batch frozen before it would write a
-    cold catch-up's staged rows into `responses` (again at each batch as the load goes
-    on) and hold up the catch-up it waits for. What it queued is sent right after."""
+async def _once_caught_up(
+    caught_up: asyncio.Future[None], then: Callable[[], Awaitable[None]]
+) -> None:
+    """`then()` once the first full rescan is done (and the daemon serves its result)."""
     await caught_up
-    await forwarder.run()
-
-
-async def _finish_store(caught_up: asyncio.Future[None], store: Store) -> None:
-    """Once the first catch-up is served: the rows it staged, the indexes it left to
-    build, and the WAL merged into the database (Store.finish)."""
-    await caught_up
-    await store.finish()
+    await then()
 
 
 async def _watchdog(interval: float) -> None:
@@ -325,12 +318,12 @@ class Daemon:
             )
         )
         if self.forwarder is not None:
-            # last started, first stopped: an unacknowledged batch is simply sent again
-            self._tasks.append(
-                asyncio.create_task(
-                    _forward_once_caught_up(caught_up, self.forwarder), name="forward"
-                )
-            )
+            # last started, first stopped: an unacknowledged batch is simply sent again.
+            # From the end of the first catch-up: a batch frozen before it would write a
+            # cold catch-up's staged rows into `responses` (again at each batch as the
+            # load goes on) and hold up the catch-up it waits for
+            forwarding = _once_caught_up(caught_up, self.forwarder.run)
+            self._tasks.append(asyncio.create_task(forwarding, name="forward"))
         self.address = (host, port)
         write_address(address_file(s.db), host, port)
         log.info(
@@ -350,7 +343,10 @@ class Daemon:
         self._tasks.append(
             asyncio.create_task(_notify_caught_up(caught_up, ingest, url), name="notify")
         )
-        self._tasks.append(asyncio.create_task(_finish_store(caught_up, store), name="finish"))
+        # the rows the first catch-up staged, the indexes it left, the WAL merged
+        self._tasks.append(
+            asyncio.create_task(_once_caught_up(caught_up, store.finish), name="finish")
+        )
         interval = sdnotify.watchdog_interval()
         if interval is not None:
             self._tasks.append(asyncio.create_task(_watchdog(interval), name="watchdog"))
