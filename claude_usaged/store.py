@@ -211,20 +211,24 @@ def _response_row(r: UsageRecord) -> tuple[Any, ...]:
     )
 
 
-_DISTINCT_TEXT = itemgetter(3, 4, 5, 13, 14)
-"""Of a response row: model, session, project, speed, geo (few distinct values)."""
+_TEXT_COLUMNS = tuple(map(itemgetter, (0, 1, 3, 4, 5)))
+"""Of a response row: key, message id, model, session, project (always text)."""
+_OPTIONAL_TEXT_COLUMNS = tuple(map(itemgetter, (13, 14)))
+"""Of a response row: speed and geo (text, or 0 for none)."""
 
 
 def _check_text(rows: Sequence[tuple[Any, ...]]) -> None:
     """Raise UnicodeEncodeError for text SQLite cannot store, as binding it would.
     Staged rows are bound only when written, too late to set aside the file that held
     the value (ingest splits a batch that raises a data error, file by file): a bug
-    that lets such text through (a file name that is not UTF-8 did) must fail here."""
-    if not rows:
-        return
-    distinct = set(itertools.chain.from_iterable(map(_DISTINCT_TEXT, rows)))
-    keys = itertools.chain(map(itemgetter(0), rows), map(itemgetter(1), rows))
-    "".join(itertools.chain(keys, map(str, distinct))).encode("utf-8")
+    that lets such text through (a file name that is not UTF-8 did) must fail here.
+    ASCII text is always UTF-8 (`isascii` reads a flag): only the rest is encoded."""
+    for column in _TEXT_COLUMNS:
+        for text in itertools.filterfalse(str.isascii, map(column, rows)):
+            text.encode("utf-8")
+    for column in _OPTIONAL_TEXT_COLUMNS:
+        for text in itertools.filterfalse(str.isascii, filter(None, map(column, rows))):
+            text.encode("utf-8")
 
 
 def _stored_path(path: str) -> str | bytes:

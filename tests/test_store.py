@@ -1332,12 +1332,16 @@ async def test_a_full_disk_after_writing_the_staged_rows_keeps_them_staged(
     assert_matches_oracle(db, Oracle.of(lines))
 
 
+@pytest.mark.parametrize(
+    "field", ["key", "message_id", "model", "session_id", "project", "speed", "inference_geo"]
+)
 async def test_text_sqlite_cannot_store_is_refused_before_it_is_staged(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str
 ) -> None:
     """Staged rows are bound only when written: a bulk batch holding text that is not
     UTF-8 must fail at `apply`, as an insert would, so ingest can set its file aside
-    (test_watching), and must leave nothing staged that no write could ever take."""
+    (test_watching), and must leave nothing staged that no write could ever take.
+    Every text column is checked (the check skips ASCII text column by column)."""
     monkeypatch.setattr(store_module, "BULK_THRESHOLD", 10)
     records = [
         UsageRecord(
@@ -1346,7 +1350,7 @@ async def test_text_sqlite_cannot_store_is_refused_before_it_is_staged(
             ms("2025-11-20T10:00:00.000Z") + i,
             MODELS[0],
             "s",
-            "/p" if i else "/bad-\udcff",
+            "/p",
             False,
             1,
             1,
@@ -1356,6 +1360,7 @@ async def test_text_sqlite_cannot_store_is_refused_before_it_is_staged(
         )
         for i in range(20)
     ]
+    setattr(records[0], field, f"bad-\udcff-{field}")
     db = tmp_path / "usage.sqlite3"
     async with opened(db, deferred=True) as store:
         with pytest.raises(UnicodeEncodeError):
