@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 from claude_usaged.usage import UsageRecord
 
-__all__ = ["PriceFileError", "PriceTable"]
+__all__ = ["Plan", "PriceFileError", "PriceTable"]
 
 Rates = tuple[float, float, float, float, float]
 """USD per million tokens: input, output, cache_write_5m, cache_write_1h, cache_read."""
@@ -39,6 +39,10 @@ _ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _CLOUD_PREFIX_RE = re.compile(r"^(?:[a-z]+\.)?anthropic\.")  # us./eu./apac./global.anthropic.
 _BRACKET_SUFFIX_RE = re.compile(r"\[[^\]]*\]$")  # [1m]
 _MEMO_LIMIT = 4096
+
+
+Plan = tuple[tuple[Any, ...], ...]
+"""A model's price rows as plain tuples (`PriceTable.plan`)."""
 
 
 class PriceFileError(ValueError):
@@ -189,6 +193,8 @@ class PriceTable:
         self._ids_longest_first = sorted(models, key=len, reverse=True)
         self._norm_memo: dict[str, str | None] = {}
         self._rows_memo: dict[str, tuple[_Row, ...] | None] = {}
+        self.plans: dict[str, Plan | None] = {}
+        """`plan`'s memo, by model as written in the transcripts."""
         canon = [self._web_search, self._geo, {k: [repr(r) for r in v] for k, v in models.items()}]
         blob = json.dumps(canon, sort_keys=True, separators=(",", ":"))
         self.fingerprint: str = hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -227,16 +233,57 @@ class PriceTable:
         self._norm_memo[model] = found
         return found
 
+    def _rows_for(self, model: str) -> tuple[_Row, ...] | None:
+        """The price rows of the model `model` names (memoised), None for an unknown one."""
+        try:
+            return self._rows_memo[model]
+        except KeyError:
+            pass
+        mid = self.normalize(model)
+        rows = None if mid is None else self._models[mid]
+        if len(self._rows_memo) >= _MEMO_LIMIT:
+            self._rows_memo.clear()
+        self._rows_memo[model] = rows
+        return rows
+
+    def plan(self, model: str) -> Plan | None:
+        """`cost`'s rows for `model` as plain tuples (memoised in `plans`), for the C
+        pricer (`_fastbatch`): per row (start, end, *rates, fast, tiers), per tier
+        (above, start, end, *rates)."""
+        rows = self._rows_for(model)
+        plan = None
+        if rows is not None:
+            plan = tuple(
+                (
+                    r.start,
+                    r.end,
+                    *r.rates,
+                    r.fast,
+                    tuple((t.above, t.start, t.end, *t.rates) for t in r.tiers),
+                )
+                for r in rows
+            )
+        if len(self.plans) >= _MEMO_LIMIT:
+            self.plans.clear()
+        self.plans[model] = plan
+        return plan
+
+    @property
+    def geo(self) -> dict[str, float]:
+        """Multiplier per `inference_geo` value (absent: 1)."""
+        return self._geo
+
+    @property
+    def web_search(self) -> float:
+        """USD per web search request."""
+        return self._web_search
+
     def cost(self, rec: UsageRecord) -> float | None:
         """USD for one response, or None when its model has no price at `rec.ts_ms`."""
         try:
             rows = self._rows_memo[rec.model]
         except KeyError:
-            mid = self.normalize(rec.model)
-            rows = None if mid is None else self._models[mid]
-            if len(self._rows_memo) >= _MEMO_LIMIT:
-                self._rows_memo.clear()
-            self._rows_memo[rec.model] = rows
+            rows = self._rows_for(rec.model)
         if rows is None:
             return None
         ts = rec.ts_ms

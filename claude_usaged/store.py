@@ -47,11 +47,12 @@ import structlog
 
 from claude_usaged import outbox
 from claude_usaged.aggregates import Aggregates, Aggregator, aggregate
+from claude_usaged.batch import best_priced, response_rows
 from claude_usaged.parser import ParseResult
 from claude_usaged.pricing import PriceTable
 from claude_usaged.schema import KEY_INDEX, MIGRATIONS, PRAGMAS, RESPONSE_INDEXES
 from claude_usaged.tailer import Cursor, TailResult
-from claude_usaged.usage import BUCKET_MS, UsageRecord, dedupe
+from claude_usaged.usage import BUCKET_MS, UsageRecord
 from claude_usaged.windows import Block, build_blocks
 
 log = structlog.get_logger(__name__)
@@ -188,27 +189,6 @@ def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[An
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
-
-
-def _response_row(r: UsageRecord) -> tuple[Any, ...]:
-    return (
-        r.key,
-        r.message_id,
-        r.ts_ms,
-        r.model,
-        r.session_id,
-        r.project,
-        int(r.is_sidechain),
-        r.input_tokens,
-        r.output_tokens,
-        r.cache_creation_tokens,
-        r.cache_creation_1h_tokens,
-        r.cache_read_tokens,
-        r.web_search_requests,
-        0 if r.speed is None else r.speed,
-        0 if r.inference_geo is None else r.inference_geo,
-        r.cost_usd,
-    )
 
 
 _TEXT_COLUMNS = tuple(map(itemgetter, (0, 1, 3, 4, 5)))
@@ -515,10 +495,7 @@ class Store:
     @_serialized
     async def apply(self, results: Sequence[TailResult]) -> ApplyOutcome:
         """Store a batch of tailed files and their cursors in one transaction."""
-        best = dedupe(rec for res in results for rec in res.parsed.records)
-        cost = self.prices.cost
-        for rec in best.values():
-            rec.cost_usd = cost(rec)
+        best = best_priced([res.parsed.records for res in results], self.prices)
         lines = sum(res.parsed.lines for res in results)
         skipped = sum(sum(res.parsed.skipped.values()) for res in results)
         cursors = [_cursor_row(res.cursor) for res in results if res.cursor is not None]
@@ -535,7 +512,7 @@ class Store:
                     await self._drop_indexes(key=self._loaded is not None)
                     await self._set_meta("dirty", "1")
                 changed = list(best.values())
-                stored = await self._bulk_write([_response_row(r) for r in changed])
+                stored = await self._bulk_write(response_rows(changed))
             else:
                 changed = await self._apply_incremental(best)
             await db.executemany(
@@ -652,7 +629,7 @@ class Store:
                     touched_ts.add(ts)
                     sessions.add(session)
                     projects.add(project)
-        await db.executemany(_UPSERT, [_response_row(r) for r in changed])
+        await db.executemany(_UPSERT, response_rows(changed))
         for part in _chunks(message_ids):
             await db.execute(f"{_COUNTED} WHERE message_id IN ({_marks(len(part))})", part)
         await self._rebuild_buckets(sorted({ts // BUCKET_MS for ts in touched_ts}))

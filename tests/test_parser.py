@@ -14,8 +14,7 @@ import pytest
 from conftest import assistant, dumps, user
 
 from claude_usaged.parser import parse_lines, record_from_line
-from claude_usaged.store import dedupe
-from claude_usaged.usage import UsageRecord
+from claude_usaged.usage import UsageRecord, dedupe
 
 TS = "2025-11-20T09:14:05.602Z"
 

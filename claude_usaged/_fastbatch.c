@@ -1,0 +1,501 @@
+/*
+ * claude_usaged._fastbatch: a batch's per-response work before it is stored, in C.
+ *
+ * best_priced(record_lists, plans, plan_of, geo, web_search) -> dict
+ *     One UsageRecord per key over every record of every list (usage.dedupe:
+ *     the larger total wins, equal totals go to the smaller (ts, session,
+ *     project), the first seen stays on a tie), in first-seen order, each
+ *     winner's cost_usd set as PriceTable.cost prices it. `plans` is
+ *     PriceTable's memo of `plan(model)`, which is called for a model not in it.
+ * rows(records) -> list
+ *     store's `responses` row of each record (batch.response_row).
+ *
+ * batch.py holds the specification in Python (tests compare both, floats bit
+ * for bit; no contraction of a*b+c into one rounding). Records are read from
+ * their slots: a record that is not exactly a UsageRecord with its usual slots,
+ * or an integer beyond 64 bits, raises TypeError or OverflowError before
+ * anything is changed, and the caller runs the Python instead.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <float.h>
+#include <stdint.h>
+#include <structmember.h>
+
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF /* and -ffp-contract=off (setup.py) for gcc */
+#endif
+#if FLT_EVAL_METHOD != 0
+#error "doubles must round as Python's floats do (FLT_EVAL_METHOD 0)"
+#endif
+
+enum {
+    F_KEY, F_MESSAGE, F_TS, F_MODEL, F_SESSION, F_PROJECT, F_SIDECHAIN, F_INPUT,
+    F_OUTPUT, F_CACHE_CREATION, F_CACHE_1H, F_CACHE_READ, F_WEB, F_SPEED, F_GEO,
+    F_COST, N_FIELDS
+};
+
+static const char *const FIELD_NAMES[N_FIELDS] = {
+    "key", "message_id", "ts_ms", "model", "session_id", "project", "is_sidechain",
+    "input_tokens", "output_tokens", "cache_creation_tokens", "cache_creation_1h_tokens",
+    "cache_read_tokens", "web_search_requests", "speed", "inference_geo", "cost_usd",
+};
+
+/* Where each field's slot sits in a record of `type` (found once per type). */
+static PyTypeObject *layout_type;
+static Py_ssize_t offsets[N_FIELDS];
+
+static int
+learn_layout(PyTypeObject *type)
+{
+    Py_ssize_t found[N_FIELDS];
+    for (int i = 0; i < N_FIELDS; i++) {
+        PyObject *descr = PyDict_GetItemString(type->tp_dict, FIELD_NAMES[i]);
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type))
+            goto no;
+        PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY))
+            goto no;
+        found[i] = m->offset;
+    }
+    memcpy(offsets, found, sizeof(offsets));
+    Py_XSETREF(layout_type, (PyTypeObject *)Py_NewRef(type));
+    return 0;
+no:
+    PyErr_Format(PyExc_TypeError, "%.100s has not the slots of a UsageRecord", type->tp_name);
+    return -1;
+}
+
+static inline PyObject **
+slot(PyObject *rec, int field)
+{
+    return (PyObject **)((char *)rec + offsets[field]);
+}
+
+/* The field (borrowed), or NULL with TypeError: the record's type is not the one
+ * learned, or the slot is empty (Python would raise AttributeError). */
+static int
+check_record(PyObject *rec, PyTypeObject *type)
+{
+    if (Py_TYPE(rec) != type) {
+        PyErr_SetString(PyExc_TypeError, "records of several types");
+        return -1;
+    }
+    for (int i = 0; i < N_FIELDS; i++)
+        if (*slot(rec, i) == NULL) {
+            PyErr_Format(PyExc_TypeError, "a record has no %s", FIELD_NAMES[i]);
+            return -1;
+        }
+    return 0;
+}
+
+/* An int field as int64: TypeError for another type, OverflowError beyond 64 bits. */
+static int
+int_field(PyObject *rec, int field, int64_t *out)
+{
+    PyObject *v = *slot(rec, field);
+    if (!PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "%s is not an int", FIELD_NAMES[field]);
+        return -1;
+    }
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow) {
+        PyErr_SetString(PyExc_OverflowError, "an integer beyond 64 bits");
+        return -1;
+    }
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int
+total_tokens(PyObject *rec, int64_t *out)
+{
+    static const int fields[4] = {F_INPUT, F_OUTPUT, F_CACHE_CREATION, F_CACHE_READ};
+    int64_t sum = 0, v;
+    for (int i = 0; i < 4; i++) {
+        if (int_field(rec, fields[i], &v) < 0)
+            return -1;
+        if (__builtin_add_overflow(sum, v, &sum)) {
+            PyErr_SetString(PyExc_OverflowError, "a total beyond 64 bits");
+            return -1;
+        }
+    }
+    *out = sum;
+    return 0;
+}
+
+/* 1 when `rec` beats `old` (same key), 0 when not, -1 on error: usage.dedupe. */
+static int
+beats(PyObject *rec, PyObject *old)
+{
+    int64_t new_total, old_total, new_ts, old_ts;
+    if (total_tokens(rec, &new_total) < 0 || total_tokens(old, &old_total) < 0)
+        return -1;
+    if (new_total != old_total)
+        return new_total > old_total;
+    if (int_field(rec, F_TS, &new_ts) < 0 || int_field(old, F_TS, &old_ts) < 0)
+        return -1;
+    if (new_ts != old_ts)
+        return new_ts < old_ts;
+    /* then (session, project), as tuples compare: the first unequal one decides */
+    static const int texts[2] = {F_SESSION, F_PROJECT};
+    for (int i = 0; i < 2; i++) {
+        PyObject *a = *slot(rec, texts[i]), *b = *slot(old, texts[i]);
+        int equal = PyObject_RichCompareBool(a, b, Py_EQ);
+        if (equal < 0)
+            return -1;
+        if (!equal)
+            return PyObject_RichCompareBool(a, b, Py_LT);
+    }
+    return 0;
+}
+
+/* ---- cost: PriceTable.cost over PriceTable.plan's tuples -------------------- */
+
+typedef struct {
+    double in, out, w5, w1, cr;
+} Rates;
+
+static int
+as_i64(PyObject *v, int64_t *out)
+{
+    long long x = PyLong_AsLongLong(v);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int
+rates_at(PyObject *t, Py_ssize_t at, Rates *r)
+{
+    double *fields[5] = {&r->in, &r->out, &r->w5, &r->w1, &r->cr};
+    for (int i = 0; i < 5; i++) {
+        *fields[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(t, at + i));
+        if (*fields[i] == -1.0 && PyErr_Occurred())
+            return -1;
+    }
+    return 0;
+}
+
+static int
+is_plan_tuple(PyObject *t, Py_ssize_t n)
+{
+    if (PyTuple_Check(t) && PyTuple_GET_SIZE(t) == n)
+        return 1;
+    PyErr_SetString(PyExc_TypeError, "a price plan is not as PriceTable.plan makes it");
+    return 0;
+}
+
+typedef struct {
+    PyObject *plans, *plan_of, *geo, *fast;
+    double web_search;
+} Pricer;
+
+/* The plan of `model`: a new reference (None when it has no price), or NULL. */
+static PyObject *
+plan_for(Pricer *p, PyObject *model)
+{
+    PyObject *plan = PyDict_GetItemWithError(p->plans, model);
+    if (plan != NULL)
+        return Py_NewRef(plan);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyObject_CallOneArg(p->plan_of, model);
+}
+
+/* The cost of one record: a new reference to a float or None, or NULL. */
+static PyObject *
+cost_of(Pricer *p, PyObject *rec)
+{
+    PyObject *plan = plan_for(p, *slot(rec, F_MODEL)), *result = NULL;
+    if (plan == NULL)
+        return NULL;
+    if (plan == Py_None) {
+        result = plan;
+        plan = NULL;
+        goto done;
+    }
+    if (!PyTuple_Check(plan)) {
+        is_plan_tuple(plan, -1);
+        goto done;
+    }
+    int64_t ts, in, out, cw, cw1h, cr, web;
+    if (int_field(rec, F_TS, &ts) < 0 || int_field(rec, F_INPUT, &in) < 0 ||
+        int_field(rec, F_OUTPUT, &out) < 0 || int_field(rec, F_CACHE_CREATION, &cw) < 0 ||
+        int_field(rec, F_CACHE_1H, &cw1h) < 0 || int_field(rec, F_CACHE_READ, &cr) < 0 ||
+        int_field(rec, F_WEB, &web) < 0)
+        goto done;
+    /* a row: (start, end, input, output, write_5m, write_1h, read, fast, tiers) */
+    PyObject *row = NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(plan); i++) {
+        PyObject *r = PyTuple_GET_ITEM(plan, i);
+        int64_t start, end;
+        if (!is_plan_tuple(r, 9) || as_i64(PyTuple_GET_ITEM(r, 0), &start) < 0 ||
+            as_i64(PyTuple_GET_ITEM(r, 1), &end) < 0)
+            goto done;
+        if (start <= ts && ts < end) {
+            row = r;
+            break;
+        }
+    }
+    if (row == NULL) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    Rates rates;
+    if (rates_at(row, 2, &rates) < 0)
+        goto done;
+    PyObject *tiers = PyTuple_GET_ITEM(row, 8);
+    if (!PyTuple_Check(tiers)) {
+        is_plan_tuple(tiers, -1);
+        goto done;
+    }
+    if (PyTuple_GET_SIZE(tiers)) {
+        int64_t request_input;
+        if (__builtin_add_overflow(in, cw, &request_input) ||
+            __builtin_add_overflow(request_input, cr, &request_input)) {
+            PyErr_SetString(PyExc_OverflowError, "a request beyond 64 bits");
+            goto done;
+        }
+        /* a tier: (above, start, end, input, output, write_5m, write_1h, read) */
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tiers); i++) {
+            PyObject *t = PyTuple_GET_ITEM(tiers, i);
+            int64_t above, start, end;
+            if (!is_plan_tuple(t, 8) || as_i64(PyTuple_GET_ITEM(t, 0), &above) < 0 ||
+                as_i64(PyTuple_GET_ITEM(t, 1), &start) < 0 ||
+                as_i64(PyTuple_GET_ITEM(t, 2), &end) < 0)
+                goto done;
+            if (request_input > above && start <= ts && ts < end) {
+                if (rates_at(t, 3, &rates) < 0)
+                    goto done;
+                break;
+            }
+        }
+    }
+    int64_t cw5;
+    if (__builtin_sub_overflow(cw, cw1h, &cw5)) {
+        PyErr_SetString(PyExc_OverflowError, "a cache write beyond 64 bits");
+        goto done;
+    }
+    /* each step rounds as in Python: int to float, then one operation at a time */
+    double usd = (double)in * rates.in;
+    usd = usd + (double)cw5 * rates.w5;
+    usd = usd + (double)cw1h * rates.w1;
+    usd = usd + (double)cr * rates.cr;
+    usd = usd + (double)out * rates.out;
+    usd = usd / 1000000.0;
+    PyObject *speed = *slot(rec, F_SPEED);
+    if (speed != Py_None) {
+        int fast = PyObject_RichCompareBool(speed, p->fast, Py_EQ);
+        if (fast < 0)
+            goto done;
+        if (fast) {
+            double times = PyFloat_AsDouble(PyTuple_GET_ITEM(row, 7));
+            if (times == -1.0 && PyErr_Occurred())
+                goto done;
+            usd = usd * times;
+        }
+    }
+    PyObject *geo = *slot(rec, F_GEO);
+    int has_geo = PyObject_IsTrue(geo);
+    if (has_geo < 0)
+        goto done;
+    if (has_geo) {
+        PyObject *times = PyDict_GetItemWithError(p->geo, geo);
+        if (times == NULL && PyErr_Occurred())
+            goto done;
+        if (times != NULL) {
+            double x = PyFloat_AsDouble(times);
+            if (x == -1.0 && PyErr_Occurred())
+                goto done;
+            usd = usd * x;
+        } else {
+            usd = usd * 1.0;
+        }
+    }
+    if (web)
+        usd = usd + (double)web * p->web_search;
+    result = PyFloat_FromDouble(usd);
+done:
+    Py_XDECREF(plan);
+    return result;
+}
+
+/* ---- the functions --------------------------------------------------------- */
+
+static PyTypeObject *
+record_type_of(PyObject *rec)
+{
+    PyTypeObject *type = Py_TYPE(rec);
+    if (type != layout_type && learn_layout(type) < 0)
+        return NULL;
+    return type;
+}
+
+PyDoc_STRVAR(best_priced_doc,
+"best_priced(record_lists, plans, plan_of, geo, web_search, /)\n--\n\n"
+"One record per key (usage.dedupe), each priced (PriceTable.cost): a dict.");
+
+static PyObject *
+best_priced(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "best_priced() takes 5 arguments");
+        return NULL;
+    }
+    Pricer p = {.plans = args[1], .plan_of = args[2], .geo = args[3]};
+    if (!PyDict_Check(p.plans) || !PyDict_Check(p.geo)) {
+        PyErr_SetString(PyExc_TypeError, "plans and geo must be dicts");
+        return NULL;
+    }
+    p.web_search = PyFloat_AsDouble(args[4]);
+    if (p.web_search == -1.0 && PyErr_Occurred())
+        return NULL;
+    PyObject *lists = PySequence_Fast(args[0], "record_lists must be a sequence");
+    if (lists == NULL)
+        return NULL;
+    PyObject *best = PyDict_New(), **costs = NULL;
+    PyTypeObject *type = NULL;
+    Py_ssize_t n = 0;
+    if (best == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(lists); i++) {
+        PyObject *records = PySequence_Fast_GET_ITEM(lists, i);
+        if (!PyList_Check(records)) {
+            PyErr_SetString(PyExc_TypeError, "record_lists must hold lists");
+            goto fail;
+        }
+        for (Py_ssize_t j = 0; j < PyList_GET_SIZE(records); j++) {
+            PyObject *rec = PyList_GET_ITEM(records, j);
+            if (type == NULL && (type = record_type_of(rec)) == NULL)
+                goto fail;
+            if (check_record(rec, type) < 0)
+                goto fail;
+            PyObject *key = *slot(rec, F_KEY);
+            PyObject *old = PyDict_GetItemWithError(best, key);
+            int replace = 1;
+            if (old == NULL && PyErr_Occurred())
+                goto fail;
+            if (old != NULL && (replace = beats(rec, old)) < 0)
+                goto fail;
+            if (replace && PyDict_SetItem(best, key, rec) < 0)
+                goto fail;
+        }
+    }
+    /* every cost first: an error changes no record */
+    n = PyDict_GET_SIZE(best);
+    costs = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
+    if (costs == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    p.fast = PyUnicode_InternFromString("fast");
+    if (p.fast == NULL)
+        goto fail;
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *key, *rec;
+    while (PyDict_Next(best, &pos, &key, &rec)) {
+        Py_INCREF(rec); /* plan_of runs Python: hold what is being read */
+        costs[i] = cost_of(&p, rec);
+        Py_DECREF(rec);
+        if (costs[i++] == NULL)
+            goto fail;
+    }
+    pos = 0;
+    i = 0;
+    while (PyDict_Next(best, &pos, &key, &rec))
+        Py_SETREF(*slot(rec, F_COST), costs[i++]);
+    PyMem_Free(costs);
+    Py_DECREF(p.fast);
+    Py_DECREF(lists);
+    return best;
+fail:
+    if (costs != NULL)
+        for (Py_ssize_t k = 0; k < n; k++)
+            Py_XDECREF(costs[k]);
+    PyMem_Free(costs);
+    Py_XDECREF(p.fast);
+    Py_XDECREF(best);
+    Py_DECREF(lists);
+    return NULL;
+}
+
+PyDoc_STRVAR(rows_doc,
+"rows(records, /)\n--\n\n"
+"The `responses` row of each record (batch.response_row): a list of tuples.");
+
+static PyObject *
+rows(PyObject *module, PyObject *records)
+{
+    (void)module;
+    if (!PyList_Check(records)) {
+        PyErr_SetString(PyExc_TypeError, "records must be a list");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(records);
+    PyObject *out = PyList_New(n);
+    PyTypeObject *type = NULL;
+    if (out == NULL)
+        return NULL;
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *rec = PyList_GET_ITEM(records, i);
+        if (type == NULL && (type = record_type_of(rec)) == NULL)
+            goto fail;
+        if (check_record(rec, type) < 0)
+            goto fail;
+        PyObject *sidechain = *slot(rec, F_SIDECHAIN);
+        if (!PyBool_Check(sidechain)) {
+            PyErr_SetString(PyExc_TypeError, "is_sidechain is not a bool");
+            goto fail;
+        }
+        PyObject *row = PyTuple_New(N_FIELDS);
+        if (row == NULL)
+            goto fail;
+        for (int f = 0; f < N_FIELDS; f++) {
+            PyObject *v = *slot(rec, f);
+            if (f == F_SIDECHAIN)
+                v = PyLong_FromLong(v == Py_True); /* int(bool): a small, shared int */
+            else if ((f == F_SPEED || f == F_GEO) && v == Py_None)
+                v = Py_NewRef(zero);
+            else
+                Py_INCREF(v);
+            PyTuple_SET_ITEM(row, f, v);
+        }
+        PyList_SET_ITEM(out, i, row);
+    }
+    Py_DECREF(zero);
+    return out;
+fail:
+    Py_XDECREF(zero);
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"best_priced", (PyCFunction)(void (*)(void))best_priced, METH_FASTCALL, best_priced_doc},
+    {"rows", rows, METH_O, rows_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    "_fastbatch",
+    "A batch's per-response work, in C (see the comment at the top of _fastbatch.c).",
+    0,
+    methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__fastbatch(void)
+{
+    return PyModuleDef_Init(&module);
+}

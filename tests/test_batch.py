@@ -1,0 +1,305 @@
+"""The C batch helpers (`_fastbatch`) against their specification in batch.py:
+`usage.dedupe`, `PriceTable.cost` and `response_row`. The same winners (the very
+objects), the same costs bit for bit, the same rows; and what the C declines goes
+to the Python before anything is changed."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from dataclasses import astuple
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from claude_usaged import batch
+from claude_usaged.batch import best_priced, response_row, response_rows
+from claude_usaged.pricing import PriceTable
+from claude_usaged.usage import UsageRecord
+
+pytestmark = pytest.mark.skipif(batch._c is None, reason="_fastbatch is not built")
+
+
+def ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
+# a model with a gap in its rows (no price in February 2026), tiers at two sizes and a
+# fast multiplier; the packaged table adds its own tiers, dated rows and `us` geo
+OVERRIDE = {
+    "version": "test",
+    "inference_geo": {"us": 1.1, "eu": 1.25},
+    "web_search_per_1000": 12.5,
+    "models": [
+        {
+            "ids": ["claude-gappy-1"],
+            "rows": [
+                {
+                    "until": "2026-02-01",
+                    "input": 3,
+                    "output": 15,
+                    "cache_write_5m": 3.75,
+                    "cache_write_1h": 6,
+                    "cache_read": 0.3,
+                    "fast": 3,
+                    "tiers": [
+                        {
+                            "above": 200_000,
+                            "input": 6,
+                            "output": 22.5,
+                            "cache_write_5m": 7.5,
+                            "cache_write_1h": 12,
+                            "cache_read": 0.6,
+                        },
+                        {
+                            "above": 100_000,
+                            "until": "2026-01-15",
+                            "input": 4.1,
+                            "output": 17.3,
+                            "cache_write_5m": 5.9,
+                            "cache_write_1h": 7.7,
+                            "cache_read": 0.37,
+                        },
+                    ],
+                },
+                {
+                    "from": "2026-03-01",
+                    "input": 2.7,
+                    "output": 13.1,
+                    "cache_write_5m": 3.3,
+                    "cache_write_1h": 5.1,
+                    "cache_read": 0.27,
+                },
+            ],
+        }
+    ],
+}
+
+MODELS = [
+    "claude-gappy-1",
+    "claude-opus-4-6",
+    "claude-sonnet-4-5-20250929",
+    "claude-sonnet-5-5",
+    "claude-haiku-5-5",
+    "claude-opus-5",
+    "us.anthropic.claude-sonnet-4-5",
+    "claude-mystery-9",
+    "<synthetic>",
+]
+TIMES = [
+    ms("2025-06-01T00:00:00Z"),
+    ms("2026-01-10T12:00:00Z"),
+    ms("2026-01-20T12:00:00Z"),
+    ms("2026-02-10T00:00:00Z"),  # in the gap
+    ms("2026-03-12T23:59:59.999Z"),
+    ms("2026-03-13T00:00:00Z"),
+    ms("2026-10-06T23:59:59.999Z"),
+    ms("2026-10-07T00:00:00Z"),
+]
+SESSIONS = ["s1", "s2", "s3"]
+PROJECTS = ["/a", "/b"]
+
+
+@pytest.fixture(scope="module")
+def prices(tmp_path_factory: pytest.TempPathFactory) -> PriceTable:
+    path = tmp_path_factory.mktemp("prices") / "override.json"
+    path.write_text(json.dumps(OVERRIDE))
+    return PriceTable.load(path)
+
+
+def records(seed: int, n: int) -> list[UsageRecord]:
+    """Copies of few keys (so every dedupe rule decides): equal totals, equal times,
+    equal sessions; token counts around the tiers' sizes; fast, geo, web search."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        m = rng.randrange(n // 3 + 1)
+        inp = rng.choice([0, 1, 3, 50_000, 99_999, 100_000, 100_001, 200_001, 10**9])
+        cw = rng.choice([0, 7, 1000, 60_000, 150_000])
+        out.append(
+            UsageRecord(
+                key=f"msg_{m}:req_{m}",
+                message_id=f"msg_{m}",
+                ts_ms=rng.choice(TIMES) + rng.choice([0, 0, 1]),
+                model=rng.choice(MODELS),
+                session_id=copy.copy(rng.choice(SESSIONS)),
+                project=rng.choice(PROJECTS),
+                is_sidechain=rng.random() < 0.2,
+                input_tokens=inp,
+                output_tokens=rng.choice([0, 1, 500, 12345]),
+                cache_creation_tokens=cw,
+                cache_creation_1h_tokens=rng.choice([0, cw // 3, cw]),
+                cache_read_tokens=rng.choice([0, 1, 40_000, 99_990]),
+                web_search_requests=rng.choice([0, 0, 0, 1, 3]),
+                speed=rng.choice([None, None, "fast", "standard", ""]),
+                inference_geo=rng.choice([None, None, "us", "eu", "global", ""]),
+            )
+        )
+    return out
+
+
+def python_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch, "_c", None)
+
+
+def split(recs: list[UsageRecord], seed: int) -> list[list[UsageRecord]]:
+    """The records as a batch's files give them: in lists, some empty."""
+    rng = random.Random(seed)
+    lists: list[list[UsageRecord]] = [[]]
+    for rec in recs:
+        if rng.random() < 0.1:
+            lists.append([])
+        lists[-1].append(rec)
+    return lists
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_best_priced_is_dedupe_then_cost(
+    seed: int, prices: PriceTable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recs = records(seed, 300)
+    twins = copy.deepcopy(recs)  # the Python's own records: costs are set on them
+    fast = best_priced(split(recs, seed), prices)
+    python_side(monkeypatch)
+    slow = best_priced(split(twins, seed), prices)
+    assert list(fast) == list(slow)  # the same keys, in first-seen order
+    for key, rec in fast.items():
+        # the very record the Python chose: same position in the input
+        assert recs.index(rec) == twins.index(slow[key])
+        assert astuple(rec) == astuple(slow[key])
+        assert repr(rec.cost_usd) == repr(slow[key].cost_usd)  # bit for bit
+    assert any(r.cost_usd is None for r in fast.values())
+    assert sum(r.cost_usd is not None for r in fast.values()) > 20
+
+
+def test_costs_equal_the_price_table_for_each_record(prices: PriceTable) -> None:
+    """Without dedupe in the way: every record its own key, each cost as `cost` says."""
+    recs = records(7, 2000)
+    for i, rec in enumerate(recs):
+        rec.key = f"k{i}"
+    best = best_priced([recs], prices)
+    assert len(best) == 2000
+    for rec in recs:
+        expected = prices.cost(rec)
+        assert repr(rec.cost_usd) == repr(expected), rec
+    assert {rec.model for rec in recs if rec.cost_usd is None} >= {"claude-mystery-9"}
+    gap = [
+        r
+        for r in recs
+        if r.model == "claude-gappy-1" and r.ts_ms // 86_400_000 == TIMES[3] // 86_400_000
+    ]
+    assert gap and all(r.cost_usd is None for r in gap)
+
+
+def test_hand_worked_cost(prices: PriceTable) -> None:
+    """One record priced by hand: the gappy model's second tier (above 100k, before
+    2026-01-15), fast, `eu` geo and web search."""
+    rec = UsageRecord(
+        "m:r", "m", TIMES[1], "claude-gappy-1", "s", "/p", False,
+        100_000, 1000, 3000, 1000, 1,
+        web_search_requests=2, speed="fast", inference_geo="eu",
+    )  # fmt: skip
+    # request input 100000 + 3000 + 1 > 100000: (100000*4.1 + 2000*5.9 + 1000*7.7 + 1*0.37
+    # + 1000*17.3) / 1e6 = 446800.37 / 1e6; * 3 (fast) * 1.25 (eu) = 1.6755013875;
+    # + 2 searches * 0.0125 = 1.7005013875
+    best_priced([[rec]], prices)
+    assert rec.cost_usd == pytest.approx(1.7005013875, rel=1e-15)
+
+
+def test_ties_keep_the_first_seen(prices: PriceTable) -> None:
+    first = UsageRecord("k", "m", 5, "claude-opus-5", "s", "/p", False, 1, 2, 0, 0, 3)
+    twin = copy.copy(first)
+    twin.session_id = "".join(["s"])  # equal, not the same object
+    later = copy.copy(first)
+    later.ts_ms = 4  # earlier time wins an equal total
+    assert best_priced([[first, twin]], prices)["k"] is first
+    assert best_priced([[first], [twin, later]], prices)["k"] is later
+    bigger = copy.copy(first)
+    bigger.output_tokens += 1
+    assert best_priced([[bigger, later]], prices)["k"] is bigger
+    # equal total and time: the smaller session, then the smaller project
+    other = copy.copy(first)
+    other.session_id = "r"
+    assert best_priced([[first, other]], prices)["k"] is other
+    other.session_id, other.project = "s", "/o"
+    assert best_priced([[first, other]], prices)["k"] is other
+    other.project = "/q"
+    assert best_priced([[first, other]], prices)["k"] is first
+
+
+def test_ordinary_records_take_the_c(prices: PriceTable, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records the scanner makes never fall back to the Python (it is ~5x slower)."""
+
+    def no_python(*_: object) -> None:
+        raise AssertionError("the Python ran")
+
+    monkeypatch.setattr(batch, "dedupe", no_python)
+    monkeypatch.setattr(batch, "response_row", no_python)
+    recs = records(5, 400)
+    assert len(best_priced(split(recs, 5), prices)) > 100
+    assert len(response_rows(recs)) == 400
+
+
+@pytest.mark.parametrize("field", ["input_tokens", "ts_ms", "web_search_requests"])
+def test_what_c_declines_runs_in_python(
+    field: str, prices: PriceTable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An integer beyond 64 bits: the C raises before it changes a record, and
+    best_priced gives the Python's answer."""
+    recs = records(3, 50)
+    recs[-1].key, recs[-1].model = "only", "claude-opus-5"  # a winner, priced
+    setattr(recs[-1], field, 2**70)
+    assert batch._c is not None
+    with pytest.raises(OverflowError):
+        batch._c.best_priced([recs], prices.plans, prices.plan, prices.geo, prices.web_search)
+    assert all(r.cost_usd is None for r in recs)  # nothing changed
+    twins = copy.deepcopy(recs)
+    fast = best_priced([recs], prices)
+    python_side(monkeypatch)
+    slow = best_priced([twins], prices)
+    assert [astuple(r) for r in fast.values()] == [astuple(r) for r in slow.values()]
+
+
+def test_a_record_of_another_type_runs_in_python(prices: PriceTable) -> None:
+    class Odd(UsageRecord):
+        __slots__ = ()
+
+    rec = Odd("k", "m", TIMES[0], "claude-opus-5", "s", "/p", False, 1, 2, 0, 0, 3)
+    assert batch._c is not None
+    with pytest.raises(TypeError):
+        batch._c.best_priced([[rec]], prices.plans, prices.plan, prices.geo, prices.web_search)
+    assert best_priced([[rec]], prices)["k"].cost_usd == prices.cost(rec)
+    assert response_rows([rec]) == [response_row(rec)]
+
+
+def test_rows_are_response_row(prices: PriceTable) -> None:
+    recs = records(11, 500)
+    best_priced([recs[:250]], prices)  # costs on some: floats and None
+    rows = response_rows(recs)
+    expected = [response_row(r) for r in recs]
+    assert rows == expected
+    for got, want in zip(rows, expected, strict=True):
+        assert [type(v) for v in got] == [type(v) for v in want]
+        assert all(g is w for g, w in zip(got, want, strict=True) if isinstance(w, str))
+    assert {row[13] for row in rows} == {0, "fast", "standard", ""}
+    assert {row[6] for row in rows} == {0, 1}
+
+
+def test_nothing_is_read_but_usage_metadata(prices: PriceTable) -> None:
+    """A row holds exactly the sixteen columns of `responses`, no more."""
+    (rec,) = records(1, 1)
+    assert len(response_rows([rec])[0]) == 16 == len(UsageRecord.__slots__)
+
+
+def test_plans_match_the_rows_cost_uses(prices: PriceTable) -> None:
+    plan: Any = prices.plan("claude-gappy-1")
+    assert plan is not None and len(plan) == 2
+    start, end, *rates, fast, tiers = plan[0]
+    assert (start, end) == (-(2**63), ms("2026-02-01T00:00:00Z"))
+    assert (rates, fast) == ([3.0, 15.0, 3.75, 6.0, 0.3], 3.0)
+    assert tiers[1] == (100_000, -(2**63), ms("2026-01-15T00:00:00Z"), 4.1, 17.3, 5.9, 7.7, 0.37)
+    assert plan[1][:2] == (ms("2026-03-01T00:00:00Z"), 2**63 - 1)
+    assert prices.plans["claude-gappy-1"] is plan
+    assert prices.plan("claude-mystery-9") is None
