@@ -9,6 +9,11 @@
  *     PriceTable's memo of `plan(model)`, which is called for a model not in it.
  * rows(records) -> list
  *     store's `responses` row of each record (batch.response_row).
+ * pack_rows(rows) -> bytes, unpack_rows(data) -> list
+ *     `responses` rows as the staged table keeps them (batch.pack_rows: the
+ *     format is described there). Text that is not UTF-8 raises
+ *     UnicodeEncodeError, as binding it in SQLite would; a value the format
+ *     does not hold raises TypeError or OverflowError (the caller pickles).
  *
  * batch.py holds the specification in Python (tests compare both, floats bit
  * for bit; no contraction of a*b+c into one rounding). Records are read from
@@ -20,6 +25,7 @@
 #include <Python.h>
 #include <float.h>
 #include <stdint.h>
+#include <string.h>
 #include <structmember.h>
 
 #ifdef __clang__
@@ -479,9 +485,329 @@ fail:
     return NULL;
 }
 
+
+/* ---- staged rows: pack_rows / unpack_rows (batch.py describes the format) ---- */
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define LITTLE_ENDIAN_HOST 1
+#else
+#define LITTLE_ENDIAN_HOST 0
+#endif
+
+#define NO_TEXT 0xFFFFFFFFu /* speed or geo: the int 0 that stands for none */
+
+typedef struct {
+    char *p;
+    Py_ssize_t n, cap;
+} Buf;
+
+static int
+buf_put(Buf *b, const void *data, Py_ssize_t n)
+{
+    if (b->n + n > b->cap) {
+        Py_ssize_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->n + n)
+            cap *= 2;
+        char *grown = PyMem_Realloc(b->p, (size_t)cap);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->p = grown;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, data, (size_t)n);
+    b->n += n;
+    return 0;
+}
+
+static int
+put_u32(Buf *b, Py_ssize_t v)
+{
+    if (v < 0 || v >= (Py_ssize_t)NO_TEXT) {
+        PyErr_SetString(PyExc_OverflowError, "a length beyond 32 bits");
+        return -1;
+    }
+    uint32_t x = (uint32_t)v;
+    return buf_put(b, &x, 4);
+}
+
+/* Text as its length and UTF-8 bytes (UnicodeEncodeError for surrogates). */
+static int
+put_text(Buf *b, PyObject *s)
+{
+    if (!PyUnicode_CheckExact(s)) {
+        PyErr_SetString(PyExc_TypeError, "text expected");
+        return -1;
+    }
+    Py_ssize_t n;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(s, &n);
+    if (utf8 == NULL || put_u32(b, n) < 0)
+        return -1;
+    return buf_put(b, utf8, n);
+}
+
+/* The index of `s` in the string table (added if new), as it goes into a row. */
+static int
+put_shared(Buf *row, Buf *table, PyObject *index, PyObject *s)
+{
+    if (!PyUnicode_CheckExact(s)) {
+        PyErr_SetString(PyExc_TypeError, "text expected");
+        return -1;
+    }
+    PyObject *found = PyDict_GetItemWithError(index, s);
+    Py_ssize_t i;
+    if (found != NULL) {
+        i = PyLong_AsSsize_t(found);
+    } else {
+        if (PyErr_Occurred() || put_text(table, s) < 0)
+            return -1;
+        i = PyDict_GET_SIZE(index);
+        PyObject *value = PyLong_FromSsize_t(i);
+        int failed = value == NULL || PyDict_SetItem(index, s, value) < 0;
+        Py_XDECREF(value);
+        if (failed)
+            return -1;
+    }
+    return put_u32(row, i);
+}
+
+static int
+put_i64(Buf *b, PyObject *v)
+{
+    if (!PyLong_CheckExact(v)) {
+        PyErr_SetString(PyExc_TypeError, "an int expected");
+        return -1;
+    }
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow) {
+        PyErr_SetString(PyExc_OverflowError, "an integer beyond 64 bits");
+        return -1;
+    }
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    int64_t y = x;
+    return buf_put(b, &y, 8);
+}
+
+/* The columns of a row, in order: 'T' text, 'S' shared text, 'I' int, 'O' shared text
+ * or the int 0, 'C' cost (float or None). */
+static const char ROW_KINDS[N_FIELDS + 1] = "TTISSSIIIIIIIOOC";
+
+PyDoc_STRVAR(pack_rows_doc,
+"pack_rows(rows, /)\n--\n\n"
+"`responses` rows as the staged table keeps them (batch.pack_rows).");
+
+static PyObject *
+pack_rows(PyObject *module, PyObject *rows)
+{
+    (void)module;
+    if (!LITTLE_ENDIAN_HOST) {
+        PyErr_SetString(PyExc_TypeError, "the packed format is little-endian");
+        return NULL;
+    }
+    if (!PyList_Check(rows)) {
+        PyErr_SetString(PyExc_TypeError, "rows must be a list");
+        return NULL;
+    }
+    Buf table = {0}, body = {0};
+    PyObject *index = PyDict_New(), *out = NULL;
+    if (index == NULL)
+        return NULL;
+    for (Py_ssize_t r = 0; r < PyList_GET_SIZE(rows); r++) {
+        PyObject *row = PyList_GET_ITEM(rows, r);
+        if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != N_FIELDS) {
+            PyErr_SetString(PyExc_TypeError, "a row is a tuple of 16 columns");
+            goto done;
+        }
+        for (int f = 0; f < N_FIELDS; f++) {
+            PyObject *v = PyTuple_GET_ITEM(row, f);
+            int failed;
+            switch (ROW_KINDS[f]) {
+            case 'T':
+                failed = put_text(&body, v);
+                break;
+            case 'S':
+                failed = put_shared(&body, &table, index, v);
+                break;
+            case 'I':
+                failed = put_i64(&body, v);
+                break;
+            case 'O':
+                if (PyLong_CheckExact(v) && PyLong_AsLong(v) == 0) {
+                    uint32_t none = NO_TEXT;
+                    failed = buf_put(&body, &none, 4);
+                } else {
+                    PyErr_Clear(); /* a huge int: refused as not text below */
+                    failed = put_shared(&body, &table, index, v);
+                }
+                break;
+            default: { /* 'C' */
+                unsigned char priced = v != Py_None;
+                double cost = 0.0;
+                if (priced && !PyFloat_CheckExact(v)) {
+                    PyErr_SetString(PyExc_TypeError, "a cost is a float or None");
+                    goto done;
+                }
+                if (priced)
+                    cost = PyFloat_AS_DOUBLE(v);
+                failed = buf_put(&body, &priced, 1) < 0 || buf_put(&body, &cost, 8) < 0;
+            }
+            }
+            if (failed)
+                goto done;
+        }
+    }
+    Buf head = {0};
+    if (put_u32(&head, PyList_GET_SIZE(rows)) < 0 ||
+        put_u32(&head, PyDict_GET_SIZE(index)) < 0) {
+        PyMem_Free(head.p);
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize(NULL, head.n + table.n + body.n);
+    if (out != NULL) {
+        char *p = PyBytes_AS_STRING(out);
+        memcpy(p, head.p, (size_t)head.n);
+        if (table.n)
+            memcpy(p + head.n, table.p, (size_t)table.n);
+        if (body.n)
+            memcpy(p + head.n + table.n, body.p, (size_t)body.n);
+    }
+    PyMem_Free(head.p);
+done:
+    PyMem_Free(table.p);
+    PyMem_Free(body.p);
+    Py_DECREF(index);
+    return out;
+}
+
+typedef struct {
+    const char *p, *end;
+} Reader;
+
+static int
+take(Reader *r, void *out, Py_ssize_t n)
+{
+    if (r->end - r->p < n) {
+        PyErr_SetString(PyExc_ValueError, "packed rows cut short");
+        return -1;
+    }
+    memcpy(out, r->p, (size_t)n);
+    r->p += n;
+    return 0;
+}
+
+static PyObject *
+take_text(Reader *r)
+{
+    uint32_t n;
+    if (take(r, &n, 4) < 0)
+        return NULL;
+    if (r->end - r->p < (Py_ssize_t)n) {
+        PyErr_SetString(PyExc_ValueError, "packed rows cut short");
+        return NULL;
+    }
+    PyObject *s = PyUnicode_DecodeUTF8(r->p, (Py_ssize_t)n, "strict");
+    r->p += n;
+    return s;
+}
+
+PyDoc_STRVAR(unpack_rows_doc,
+"unpack_rows(data, /)\n--\n\n"
+"The rows pack_rows packed: a list of tuples.");
+
+static PyObject *
+unpack_rows(PyObject *module, PyObject *data)
+{
+    (void)module;
+    if (!LITTLE_ENDIAN_HOST) {
+        PyErr_SetString(PyExc_TypeError, "the packed format is little-endian");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Reader r = {view.buf, (const char *)view.buf + view.len};
+    PyObject *strings = NULL, *out = NULL, *zero = PyLong_FromLong(0);
+    uint32_t n_rows, n_strings;
+    if (zero == NULL || take(&r, &n_rows, 4) < 0 || take(&r, &n_strings, 4) < 0)
+        goto fail;
+    strings = PyList_New(n_strings);
+    if (strings == NULL)
+        goto fail;
+    for (uint32_t i = 0; i < n_strings; i++) {
+        PyObject *s = take_text(&r);
+        if (s == NULL)
+            goto fail;
+        PyList_SET_ITEM(strings, i, s);
+    }
+    out = PyList_New(n_rows);
+    if (out == NULL)
+        goto fail;
+    for (uint32_t i = 0; i < n_rows; i++) {
+        PyObject *row = PyTuple_New(N_FIELDS);
+        if (row == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, i, row);
+        for (int f = 0; f < N_FIELDS; f++) {
+            PyObject *v = NULL;
+            switch (ROW_KINDS[f]) {
+            case 'T':
+                v = take_text(&r);
+                break;
+            case 'I': {
+                int64_t x;
+                if (take(&r, &x, 8) == 0)
+                    v = PyLong_FromLongLong(x);
+                break;
+            }
+            case 'S':
+            case 'O': {
+                uint32_t at;
+                if (take(&r, &at, 4) < 0)
+                    break;
+                if (ROW_KINDS[f] == 'O' && at == NO_TEXT)
+                    v = Py_NewRef(zero);
+                else if (at < n_strings)
+                    v = Py_NewRef(PyList_GET_ITEM(strings, at));
+                else
+                    PyErr_SetString(PyExc_ValueError, "packed rows name a missing string");
+                break;
+            }
+            default: { /* 'C' */
+                unsigned char priced;
+                double cost;
+                if (take(&r, &priced, 1) == 0 && take(&r, &cost, 8) == 0)
+                    v = priced ? PyFloat_FromDouble(cost) : Py_NewRef(Py_None);
+            }
+            }
+            if (v == NULL)
+                goto fail;
+            PyTuple_SET_ITEM(row, f, v);
+        }
+    }
+    if (r.p != r.end) {
+        PyErr_SetString(PyExc_ValueError, "packed rows followed by other bytes");
+        goto fail;
+    }
+    Py_DECREF(strings);
+    Py_DECREF(zero);
+    PyBuffer_Release(&view);
+    return out;
+fail:
+    Py_XDECREF(out);
+    Py_XDECREF(strings);
+    Py_XDECREF(zero);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"best_priced", (PyCFunction)(void (*)(void))best_priced, METH_FASTCALL, best_priced_doc},
     {"rows", rows, METH_O, rows_doc},
+    {"pack_rows", pack_rows, METH_O, pack_rows_doc},
+    {"unpack_rows", unpack_rows, METH_O, unpack_rows_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -18,3 +18,9 @@ def best_priced(
 
 def rows(records: list[UsageRecord], /) -> list[tuple[Any, ...]]:
     """The `responses` row of each record."""
+
+def pack_rows(rows: list[tuple[Any, ...]], /) -> bytes:
+    """The rows as the staged table keeps them."""
+
+def unpack_rows(data: bytes, /) -> list[tuple[Any, ...]]:
+    """The rows pack_rows packed."""

@@ -47,7 +47,7 @@ import structlog
 
 from claude_usaged import outbox
 from claude_usaged.aggregates import Aggregates, Aggregator, aggregate
-from claude_usaged.batch import best_priced, response_rows
+from claude_usaged.batch import best_priced, pack_rows, response_rows, unpack_rows
 from claude_usaged.parser import ParseResult
 from claude_usaged.pricing import PriceTable
 from claude_usaged.schema import KEY_INDEX, MIGRATIONS, PRAGMAS, RESPONSE_INDEXES
@@ -68,9 +68,11 @@ a larger history settles from the table, as before."""
 STAGED_ROWS = 1000
 """Rows per staged blob (see `Store._stage`). Writing a blob's rows holds the GIL for
 ~1 ms: with 5,000 the daemon's first answers after a catch-up waited up to 4 ms."""
-_STAGED_FORMAT = 1
-"""The layout of a staged blob: (1, first rowid, new rows, better rows, their rowids,
-uncounted rowids). A blob left by a crash may be read by a later release."""
+_STAGED_FORMAT = 2
+"""The layout of a staged blob: (2, first rowid, new rows, better rows, their rowids,
+uncounted rowids), the rows as `batch.pack_rows` packs them, or a list of tuples
+where they hold a value that format does not. A blob left by a crash may be read by
+a later release: format 1 (lists only) is read too."""
 
 AUTOCHECKPOINT_PAGES = 1000
 """SQLite's default: a commit that leaves a longer WAL merges it into the database."""
@@ -198,17 +200,34 @@ _OPTIONAL_TEXT_COLUMNS = tuple(map(itemgetter, (13, 14)))
 
 
 def _check_text(rows: Sequence[tuple[Any, ...]]) -> None:
-    """Raise UnicodeEncodeError for text SQLite cannot store, as binding it would.
-    Staged rows are bound only when written, too late to set aside the file that held
-    the value (ingest splits a batch that raises a data error, file by file): a bug
-    that lets such text through (a file name that is not UTF-8 did) must fail here.
-    ASCII text is always UTF-8 (`isascii` reads a flag): only the rest is encoded."""
+    """Raise UnicodeEncodeError for text SQLite cannot store, as binding it would
+    (see `_packed`). ASCII text is always UTF-8 (`isascii` reads a flag): only the
+    rest is encoded."""
     for column in _TEXT_COLUMNS:
         for text in itertools.filterfalse(str.isascii, map(column, rows)):
             text.encode("utf-8")
     for column in _OPTIONAL_TEXT_COLUMNS:
         for text in itertools.filterfalse(str.isascii, filter(None, map(column, rows))):
             text.encode("utf-8")
+
+
+def _packed(rows: Sequence[tuple[Any, ...]]) -> bytes | list[tuple[Any, ...]]:
+    """Rows as a staged blob holds them: packed, else (a value the packed format does
+    not hold) as they are. Raises UnicodeEncodeError for text SQLite cannot store,
+    as binding it would: staged rows are bound only when written, too late to set
+    aside the file that held the value (ingest splits a batch that raises a data
+    error, file by file), so a bug that lets such text through (a file name that is
+    not UTF-8 did) must fail here."""
+    rows = list(rows)
+    packed = pack_rows(rows)
+    if packed is not None:
+        return packed
+    _check_text(rows)
+    return rows
+
+
+def _unpacked(rows: bytes | list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return unpack_rows(rows) if isinstance(rows, bytes) else rows
 
 
 def _stored_path(path: str) -> str | bytes:
@@ -414,12 +433,12 @@ class Store:
         `new` rows at rowids `first`, `first + 1`...; the `better` rows replacing those at
         `better_rowids`; the rows at `uncounted` not counted. Rows go in blobs of at
         most STAGED_ROWS, so writing them later holds few in memory."""
-        rest: tuple[list[Any], ...] = (list(better), list(better_rowids), list(uncounted))
+        rest: tuple[Any, ...] = (_packed(better), list(better_rowids), list(uncounted))
         for i in range(0, max(len(new), 1), STAGED_ROWS):
-            part = (_STAGED_FORMAT, first + i, list(new[i : i + STAGED_ROWS]), *rest)
+            part = (_STAGED_FORMAT, first + i, _packed(new[i : i + STAGED_ROWS]), *rest)
             blob = pickle.dumps(part, protocol=5)
             await self._db.execute("INSERT INTO staged (rows) VALUES (?)", (blob,))
-            rest = ([], [], [])  # all in the first blob
+            rest = (_packed([]), [], [])  # all in the first blob
         self._staged = True
 
     async def _unstage(self) -> None:
@@ -440,7 +459,8 @@ class Store:
                 row = await cur.fetchone()
             assert row is not None
             form, first, new, better, better_rowids, uncount = pickle.loads(row[0])
-            assert form == _STAGED_FORMAT
+            assert form in (1, _STAGED_FORMAT)
+            new, better = _unpacked(new), _unpacked(better)
             await db.executemany(
                 _INSERT_AT, [(rowid, *row) for rowid, row in enumerate(new, start=first)]
             )
@@ -565,7 +585,6 @@ class Store:
             rowids = [rowid_of[row[0]] for row in better]
         stored = new + better
         if stored:
-            _check_text(stored)
             await self._stage(first, new, better, rowids)
         return stored
 

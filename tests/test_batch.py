@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import struct
 from dataclasses import astuple
 from datetime import datetime
 from typing import Any
@@ -303,3 +304,86 @@ def test_plans_match_the_rows_cost_uses(prices: PriceTable) -> None:
     assert plan[1][:2] == (ms("2026-03-01T00:00:00Z"), 2**63 - 1)
     assert prices.plans["claude-gappy-1"] is plan
     assert prices.plan("claude-mystery-9") is None
+
+
+def packable_rows(seed: int, n: int, prices: PriceTable) -> list[tuple[Any, ...]]:
+    recs = records(seed, n)
+    for i, rec in enumerate(recs):
+        rec.key = f"k{i}-é-{'ü' * (i % 3)}"  # text beyond ASCII, of several lengths
+    rec = recs[0]
+    rec.project, rec.session_id, rec.model = "/home/dev/プロジェクト", "", "claude-😀"
+    best_priced([recs], prices)
+    return response_rows(recs)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_packed_rows_come_back_as_they_went(
+    seed: int, prices: PriceTable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = packable_rows(seed, 300, prices)
+    packed = batch.pack_rows(rows)
+    assert packed is not None
+    assert batch.unpack_rows(packed) == rows
+    back = batch.unpack_rows(packed)
+    assert [[type(v) for v in row] for row in back] == [[type(v) for v in row] for row in rows]
+    assert repr([row[15] for row in back]) == repr([row[15] for row in rows])  # bit for bit
+    python_side(monkeypatch)
+    assert batch.pack_rows(rows) == packed  # the C wrote the Python's bytes
+    assert batch.unpack_rows(packed) == rows
+
+
+def test_packed_format_by_hand() -> None:
+    row = ("k", "m", 7, "model", "s", "/p", 1, 2, 3, 4, 5, 6, 0, 0, "us", 0.5)
+    packed = batch.pack_rows([row, (*row[:15], None)])
+    table = b"".join(len(s).to_bytes(4, "little") + s for s in (b"model", b"s", b"/p", b"us"))
+    fixed = (
+        (7).to_bytes(8, "little", signed=True)
+        + b"".join(i.to_bytes(4, "little") for i in (0, 1, 2))
+        + b"".join(v.to_bytes(8, "little", signed=True) for v in (1, 2, 3, 4, 5, 6, 0))
+        + (0xFFFFFFFF).to_bytes(4, "little")
+        + (3).to_bytes(4, "little")
+    )
+    texts = b"\x01\x00\x00\x00k\x01\x00\x00\x00m"
+    first = texts + fixed + b"\x01" + struct.pack("<d", 0.5)
+    second = texts + fixed + b"\x00" + struct.pack("<d", 0.0)
+    assert packed == (2).to_bytes(4, "little") + (4).to_bytes(4, "little") + table + first + second
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [(2, 2**63), (7, -(2**63) - 1), (6, True), (13, 5), (14, None), (15, 1), (4, b"s"), (0, 3)],
+)
+def test_rows_the_format_does_not_hold_are_not_packed(
+    column: int, value: Any, prices: PriceTable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """None (the store pickles them), from the C and from the Python alike."""
+    rows = packable_rows(1, 20, prices)
+    rows[7] = (*rows[7][:column], value, *rows[7][column + 1 :])
+    assert batch.pack_rows(rows) is None
+    python_side(monkeypatch)
+    assert batch.pack_rows(rows) is None
+
+
+@pytest.mark.parametrize("column", [0, 1, 3, 4, 5, 13, 14])
+def test_text_sqlite_cannot_store_is_refused_when_packed(
+    column: int, prices: PriceTable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = packable_rows(2, 20, prices)
+    rows[3] = (*rows[3][:column], "bad-\udcff", *rows[3][column + 1 :])
+    with pytest.raises(UnicodeEncodeError):
+        batch.pack_rows(rows)
+    python_side(monkeypatch)
+    with pytest.raises(UnicodeEncodeError):
+        batch.pack_rows(rows)
+
+
+def test_damaged_packed_rows_raise(prices: PriceTable, monkeypatch: pytest.MonkeyPatch) -> None:
+    packed = batch.pack_rows(packable_rows(4, 10, prices))
+    assert packed is not None
+    for damaged in (packed[:-1], packed + b"\x00", packed[:6]):
+        with pytest.raises((ValueError, struct.error)):
+            batch.unpack_rows(damaged)
+        with monkeypatch.context() as m:
+            python_side(m)
+            with pytest.raises((ValueError, struct.error)):
+                batch.unpack_rows(damaged)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import pickle
 import random
 import sqlite3
 import stat
@@ -1167,16 +1168,34 @@ async def staged_load(db: Path, root: Path, corpus: dict[str, list[Line]], seed:
     assert count(db, "responses") == 0 and count(db, "staged") > 0
 
 
-@pytest.mark.parametrize("per_blob", [store_module.STAGED_ROWS, 7])
+def staged_forms(db: Path) -> set[Any]:
+    """How the staged blobs hold their new rows: bytes (packed) or list."""
+    with connect(db) as con:
+        blobs = [pickle.loads(row[0]) for row in con.execute("SELECT rows FROM staged")]
+    return {(blob[0], type(blob[2])) for blob in blobs}
+
+
+@pytest.mark.parametrize(
+    ("per_blob", "form"),
+    [(store_module.STAGED_ROWS, "packed"), (7, "packed"), (7, "listed"), (7, "release 1")],
+)
 async def test_a_deferred_bulk_load_stages_its_rows_until_finish(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_blob: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_blob: int, form: str
 ) -> None:
     """The daemon's store (deferred) keeps a cold catch-up's rows staged, in blobs of at
     most STAGED_ROWS: its aggregates are right before `responses` holds a row, and once
     `finish` has written them every table equals a plain store's, floats and rowids
-    included."""
+    included. The rows are packed, or listed where packing declines them; blobs of
+    the first format (left by a crash of the previous release) are written too."""
     monkeypatch.setattr(store_module, "BULK_THRESHOLD", 10)
     monkeypatch.setattr(store_module, "STAGED_ROWS", per_blob)
+    expected_form: tuple[int, type] = (2, bytes)
+    if form != "packed":
+        monkeypatch.setattr(store_module, "pack_rows", lambda rows: None)
+        expected_form = (2, list)
+    if form == "release 1":
+        monkeypatch.setattr(store_module, "_STAGED_FORMAT", 1)
+        expected_form = (1, list)
     corpus = make_corpus(seed=41, sessions=8, per_session=30)
     plain_db = tmp_path / "plain" / "usage.sqlite3"
     async with opened(plain_db) as plain:
@@ -1196,6 +1215,8 @@ async def test_a_deferred_bulk_load_stages_its_rows_until_finish(
         else:  # every blob holds at most per_blob rows
             assert count(db, "staged") > response_count(all_lines(corpus)) // per_blob
         assert_matches_oracle(db, Oracle.of(all_lines(corpus)))
+        assert staged_forms(db) == {expected_form}
+        monkeypatch.undo()  # this release writes them
         # nor did a commit merge the WAL into the database file: `finish` does
         assert await autocheckpoint(deferred) == 0
         await deferred.finish()
@@ -1332,17 +1353,20 @@ async def test_a_full_disk_after_writing_the_staged_rows_keeps_them_staged(
     assert_matches_oracle(db, Oracle.of(lines))
 
 
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize(
     "field", ["key", "message_id", "model", "session_id", "project", "speed", "inference_geo"]
 )
 async def test_text_sqlite_cannot_store_is_refused_before_it_is_staged(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str, packed: bool
 ) -> None:
     """Staged rows are bound only when written: a bulk batch holding text that is not
     UTF-8 must fail at `apply`, as an insert would, so ingest can set its file aside
     (test_watching), and must leave nothing staged that no write could ever take.
     Every text column is checked (the check skips ASCII text column by column)."""
     monkeypatch.setattr(store_module, "BULK_THRESHOLD", 10)
+    if not packed:  # rows the packed format declines: listed, after a check of their text
+        monkeypatch.setattr(store_module, "pack_rows", lambda rows: None)
     records = [
         UsageRecord(
             f"m{i}:r{i}",
