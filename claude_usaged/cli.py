@@ -268,6 +268,8 @@ def _run(argv: list[str]) -> int:
         from claude_usaged.log import configure_logging
 
         configure_logging(settings.log_format, settings.log_level, lean=True)
+        # while the child catches up, on the core it leaves free
+        headstart.import_behind(head)
     except KeyboardInterrupt:
         return 0
     finally:

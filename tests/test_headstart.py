@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +37,8 @@ from test_process import (
     run_failing,
 )
 
-from claude_usaged import __version__
+from claude_usaged import __version__, headstart
+from claude_usaged.headstart import HeadStart
 from claude_usaged.instance import InstanceLock
 from claude_usaged.schema import RESPONSE_INDEXES
 
@@ -394,3 +396,73 @@ def test_a_stopped_child_does_not_hold_up_a_stop(
     assert popen.returncode == 0, stderr
     (done,) = [e for e in log_events(stderr) if e["event"] == "head_start.done"]
     assert done["exit_status"] == -signal.SIGKILL
+
+
+PROBE = """
+import os, threading
+tid = threading.get_native_id()
+nice = os.getpriority(os.PRIO_PROCESS, tid)
+thread = threading.current_thread().name
+"""
+
+
+@pytest.fixture
+def probes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Any]:
+    """Modules that note, as they are imported, which thread imports them at what niceness."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def probe(name: str, code: str = PROBE) -> Any:
+        (tmp_path / f"{name}.py").write_text(code)
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        return name
+
+    return probe
+
+
+@pytest.fixture
+def running_child() -> Iterator[HeadStart]:
+    """A head start whose child still runs (a process that sleeps), ended after the test."""
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        yield HeadStart(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own niceness is Linux's")
+def test_the_daemon_imports_behind_a_running_child(
+    probes: Callable[[str], Any], running_child: HeadStart
+) -> None:
+    """While the child catches up, each module is imported by a thread of its own at a
+    lower priority; this thread's priority is unchanged."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    names = [probes("probe_a"), probes("probe_b")]
+    headstart.import_behind(running_child, names)
+    a, b = (sys.modules[n] for n in names)
+    assert a.thread == b.thread == "import" and a.tid != b.tid  # a thread each
+    assert a.nice == b.nice == min(19, own + headstart.YIELD_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+
+
+def test_without_a_running_child_the_daemon_imports_at_full_priority(
+    probes: Callable[[str], Any],
+) -> None:
+    """No head start, or its child done: imported here, as any import."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    done = HeadStart(subprocess.Popen(["true"]).pid)
+    while done.poll() is None:
+        time.sleep(0.01)
+    for head in (None, done):
+        name = probes(f"probe_{'none' if head is None else 'done'}")
+        headstart.import_behind(head, [name])
+        probe = sys.modules[name]
+        assert (probe.thread, probe.nice) == ("MainThread", own)
+
+
+def test_an_import_that_fails_behind_the_child_fails_here(
+    probes: Callable[[str], Any], running_child: HeadStart
+) -> None:
+    name = probes("probe_broken", "raise ImportError('no such library')\n")
+    with pytest.raises(ImportError, match="no such library"):
+        headstart.import_behind(running_child, [name])
