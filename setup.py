@@ -12,6 +12,7 @@ setup(
         Extension(
             f"claude_usaged.{name}",
             sources=[f"claude_usaged/{name}.c"],
+            depends=["claude_usaged/_records.h"],
             # no fused multiply-add: costs and sums must round as Python rounds them
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-ffp-contract=off"],
             optional=True,

@@ -28,55 +28,14 @@
 #include <string.h>
 #include <structmember.h>
 
+#include "_records.h"
+
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF /* and -ffp-contract=off (setup.py) for gcc */
 #endif
 #if FLT_EVAL_METHOD != 0
 #error "doubles must round as Python's floats do (FLT_EVAL_METHOD 0)"
 #endif
-
-enum {
-    F_KEY, F_MESSAGE, F_TS, F_MODEL, F_SESSION, F_PROJECT, F_SIDECHAIN, F_INPUT,
-    F_OUTPUT, F_CACHE_CREATION, F_CACHE_1H, F_CACHE_READ, F_WEB, F_SPEED, F_GEO,
-    F_COST, N_FIELDS
-};
-
-static const char *const FIELD_NAMES[N_FIELDS] = {
-    "key", "message_id", "ts_ms", "model", "session_id", "project", "is_sidechain",
-    "input_tokens", "output_tokens", "cache_creation_tokens", "cache_creation_1h_tokens",
-    "cache_read_tokens", "web_search_requests", "speed", "inference_geo", "cost_usd",
-};
-
-/* Where each field's slot sits in a record of `type` (found once per type). */
-static PyTypeObject *layout_type;
-static Py_ssize_t offsets[N_FIELDS];
-
-static int
-learn_layout(PyTypeObject *type)
-{
-    Py_ssize_t found[N_FIELDS];
-    for (int i = 0; i < N_FIELDS; i++) {
-        PyObject *descr = PyDict_GetItemString(type->tp_dict, FIELD_NAMES[i]);
-        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type))
-            goto no;
-        PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
-        if (m->type != T_OBJECT_EX || (m->flags & READONLY))
-            goto no;
-        found[i] = m->offset;
-    }
-    memcpy(offsets, found, sizeof(offsets));
-    Py_XSETREF(layout_type, (PyTypeObject *)Py_NewRef(type));
-    return 0;
-no:
-    PyErr_Format(PyExc_TypeError, "%.100s has not the slots of a UsageRecord", type->tp_name);
-    return -1;
-}
-
-static inline PyObject **
-slot(PyObject *rec, int field)
-{
-    return (PyObject **)((char *)rec + offsets[field]);
-}
 
 /* The field (borrowed), or NULL with TypeError: the record's type is not the one
  * learned, or the slot is empty (Python would raise AttributeError). */
@@ -87,7 +46,7 @@ check_record(PyObject *rec, PyTypeObject *type)
         PyErr_SetString(PyExc_TypeError, "records of several types");
         return -1;
     }
-    for (int i = 0; i < N_FIELDS; i++)
+    for (int i = 0; i < RECORD_FIELDS; i++)
         if (*slot(rec, i) == NULL) {
             PyErr_Format(PyExc_TypeError, "a record has no %s", FIELD_NAMES[i]);
             return -1;
@@ -462,10 +421,10 @@ rows(PyObject *module, PyObject *records)
             PyErr_SetString(PyExc_TypeError, "is_sidechain is not a bool");
             goto fail;
         }
-        PyObject *row = PyTuple_New(N_FIELDS);
+        PyObject *row = PyTuple_New(RECORD_FIELDS);
         if (row == NULL)
             goto fail;
-        for (int f = 0; f < N_FIELDS; f++) {
+        for (int f = 0; f < RECORD_FIELDS; f++) {
             PyObject *v = *slot(rec, f);
             if (f == F_SIDECHAIN)
                 v = PyLong_FromLong(v == Py_True); /* int(bool): a small, shared int */
@@ -593,7 +552,7 @@ put_i64(Buf *b, PyObject *v)
 
 /* The columns of a row, in order: 'T' text, 'S' shared text, 'I' int, 'O' shared text
  * or the int 0, 'C' cost (float or None). */
-static const char ROW_KINDS[N_FIELDS + 1] = "TTISSSIIIIIIIOOC";
+static const char ROW_KINDS[RECORD_FIELDS + 1] = "TTISSSIIIIIIIOOC";
 
 PyDoc_STRVAR(pack_rows_doc,
 "pack_rows(rows, /)\n--\n\n"
@@ -617,11 +576,11 @@ pack_rows(PyObject *module, PyObject *rows)
         return NULL;
     for (Py_ssize_t r = 0; r < PyList_GET_SIZE(rows); r++) {
         PyObject *row = PyList_GET_ITEM(rows, r);
-        if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != N_FIELDS) {
+        if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != RECORD_FIELDS) {
             PyErr_SetString(PyExc_TypeError, "a row is a tuple of 16 columns");
             goto done;
         }
-        for (int f = 0; f < N_FIELDS; f++) {
+        for (int f = 0; f < RECORD_FIELDS; f++) {
             PyObject *v = PyTuple_GET_ITEM(row, f);
             int failed;
             switch (ROW_KINDS[f]) {
@@ -746,11 +705,11 @@ unpack_rows(PyObject *module, PyObject *data)
     if (out == NULL)
         goto fail;
     for (uint32_t i = 0; i < n_rows; i++) {
-        PyObject *row = PyTuple_New(N_FIELDS);
+        PyObject *row = PyTuple_New(RECORD_FIELDS);
         if (row == NULL)
             goto fail;
         PyList_SET_ITEM(out, i, row);
-        for (int f = 0; f < N_FIELDS; f++) {
+        for (int f = 0; f < RECORD_FIELDS; f++) {
             PyObject *v = NULL;
             switch (ROW_KINDS[f]) {
             case 'T':

@@ -49,6 +49,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+#include "_records.h"
 #include <stdint.h>
 #include <string.h>
 #ifdef __SSE2__
@@ -1132,14 +1134,14 @@ joined_key(Span a, Span b)
     return key;
 }
 
-#define N_FIELDS 15
+#define N_ARGS 15 /* UsageRecord's fields but its cost */
 
 /* The UsageRecord of a line classified OUT_RECORD, as record_from_line builds it. */
 static PyObject *
 build_record(Builder *b, const Line *L, PyObject *record_type, PyObject *fallback_session,
              PyObject *fallback_project, PyObject *unknown)
 {
-    PyObject *args[N_FIELDS] = {NULL};
+    PyObject *args[N_ARGS] = {NULL};
     PyObject *result = NULL;
     int64_t cache_creation = L->cc_field, split = L->eph_5m + L->eph_1h;
     if (split > cache_creation)
@@ -1178,12 +1180,24 @@ build_record(Builder *b, const Line *L, PyObject *record_type, PyObject *fallbac
     args[12] = PyLong_FromLongLong(L->web_search);
     args[13] = (L->speed.p && L->speed.n) ? memo_str(b, &b->speed, L->speed) : Py_NewRef(Py_None);
     args[14] = (L->geo.p && L->geo.n) ? memo_str(b, &b->geo, L->geo) : Py_NewRef(Py_None);
-    for (int i = 0; i < N_FIELDS; i++)
+    for (int i = 0; i < N_ARGS; i++)
         if (args[i] == NULL)
             goto done;
-    result = PyObject_Vectorcall(record_type, args, N_FIELDS, NULL);
+    if ((PyObject *)layout_type != record_type) {
+        result = PyObject_Vectorcall(record_type, args, N_ARGS, NULL);
+        goto done;
+    }
+    /* what the dataclass's __init__ does, without running it: each slot set */
+    result = layout_type->tp_alloc(layout_type, 0);
+    if (result == NULL)
+        goto done;
+    for (int i = 0; i < N_ARGS; i++) {
+        *slot(result, i) = args[i]; /* the reference moves into the record */
+        args[i] = NULL;
+    }
+    *slot(result, F_COST) = Py_NewRef(Py_None);
 done:
-    for (int i = 0; i < N_FIELDS; i++)
+    for (int i = 0; i < N_ARGS; i++)
         Py_XDECREF(args[i]);
     return result;
 }
@@ -1243,6 +1257,9 @@ fastscan_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         fb_session.p = (const unsigned char *)a;
         fb_project.p = (const unsigned char *)b;
     }
+    if ((PyObject *)layout_type != record_type &&
+        (!PyType_Check(record_type) || learn_layout((PyTypeObject *)record_type) < 0))
+        PyErr_Clear(); /* another kind of record: built by calling its type */
     Py_buffer view;
     if (PyObject_GetBuffer(buf_obj, &view, PyBUF_SIMPLE) < 0)
         return NULL;
