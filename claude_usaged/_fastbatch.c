@@ -9,6 +9,8 @@
  *     PriceTable's memo of `plan(model)`, which is called for a model not in it.
  * rows(records) -> list
  *     store's `responses` row of each record (batch.response_row).
+ * split_rows(records, loaded) -> (new, better)
+ *     those rows against the rows a bulk load stored so far (batch.split_rows).
  * pack_rows(rows) -> bytes, unpack_rows(data) -> list
  *     `responses` rows as the staged table keeps them (batch.pack_rows: the
  *     format is described there). Text that is not UTF-8 raises
@@ -390,6 +392,64 @@ fail:
     return NULL;
 }
 
+/* The `responses` row of a checked record (a new reference), or NULL. */
+static PyObject *
+row_of(PyObject *rec, PyObject *zero)
+{
+    PyObject *sidechain = *slot(rec, F_SIDECHAIN);
+    if (!PyBool_Check(sidechain)) {
+        PyErr_SetString(PyExc_TypeError, "is_sidechain is not a bool");
+        return NULL;
+    }
+    PyObject *row = PyTuple_New(RECORD_FIELDS);
+    if (row == NULL)
+        return NULL;
+    for (int f = 0; f < RECORD_FIELDS; f++) {
+        PyObject *v = *slot(rec, f);
+        if (f == F_SIDECHAIN)
+            v = PyLong_FromLong(v == Py_True); /* int(bool): a small, shared int */
+        else if ((f == F_SPEED || f == F_GEO) && v == Py_None)
+            v = Py_NewRef(zero);
+        else
+            Py_INCREF(v);
+        PyTuple_SET_ITEM(row, f, v);
+    }
+    return row;
+}
+
+/* Each record's row (checked, as row_of makes it), passed to `take`; -1 on error. */
+static int
+each_row(PyObject *records, int (*take)(PyObject *row, void *arg), void *arg)
+{
+    if (!PyList_Check(records)) {
+        PyErr_SetString(PyExc_TypeError, "records must be a list");
+        return -1;
+    }
+    PyObject *zero = PyLong_FromLong(0);
+    PyTypeObject *type = NULL;
+    int status = zero == NULL ? -1 : 0;
+    for (Py_ssize_t i = 0; status == 0 && i < PyList_GET_SIZE(records); i++) {
+        PyObject *rec = PyList_GET_ITEM(records, i);
+        if ((type == NULL && (type = record_type_of(rec)) == NULL) ||
+            check_record(rec, type) < 0) {
+            status = -1;
+            break;
+        }
+        PyObject *row = row_of(rec, zero);
+        status = row == NULL ? -1 : take(row, arg); /* take consumes the row */
+    }
+    Py_XDECREF(zero);
+    return status;
+}
+
+static int
+append_row(PyObject *row, void *list)
+{
+    int status = PyList_Append((PyObject *)list, row);
+    Py_DECREF(row);
+    return status;
+}
+
 PyDoc_STRVAR(rows_doc,
 "rows(records, /)\n--\n\n"
 "The `responses` row of each record (batch.response_row): a list of tuples.");
@@ -398,52 +458,90 @@ static PyObject *
 rows(PyObject *module, PyObject *records)
 {
     (void)module;
-    if (!PyList_Check(records)) {
-        PyErr_SetString(PyExc_TypeError, "records must be a list");
-        return NULL;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(records);
-    PyObject *out = PyList_New(n);
-    PyTypeObject *type = NULL;
-    if (out == NULL)
-        return NULL;
-    PyObject *zero = PyLong_FromLong(0);
-    if (zero == NULL)
-        goto fail;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *rec = PyList_GET_ITEM(records, i);
-        if (type == NULL && (type = record_type_of(rec)) == NULL)
-            goto fail;
-        if (check_record(rec, type) < 0)
-            goto fail;
-        PyObject *sidechain = *slot(rec, F_SIDECHAIN);
-        if (!PyBool_Check(sidechain)) {
-            PyErr_SetString(PyExc_TypeError, "is_sidechain is not a bool");
-            goto fail;
-        }
-        PyObject *row = PyTuple_New(RECORD_FIELDS);
-        if (row == NULL)
-            goto fail;
-        for (int f = 0; f < RECORD_FIELDS; f++) {
-            PyObject *v = *slot(rec, f);
-            if (f == F_SIDECHAIN)
-                v = PyLong_FromLong(v == Py_True); /* int(bool): a small, shared int */
-            else if ((f == F_SPEED || f == F_GEO) && v == Py_None)
-                v = Py_NewRef(zero);
-            else
-                Py_INCREF(v);
-            PyTuple_SET_ITEM(row, f, v);
-        }
-        PyList_SET_ITEM(out, i, row);
-    }
-    Py_DECREF(zero);
+    PyObject *out = PyList_New(0);
+    if (out != NULL && each_row(records, append_row, out) < 0)
+        Py_CLEAR(out);
     return out;
-fail:
-    Py_XDECREF(zero);
-    Py_DECREF(out);
-    return NULL;
 }
 
+/* 1 when `row` ranks before `old` (batch.rank: larger total, then earlier time, then
+ * smaller session and project), 0 when not, -1 on error. */
+static int
+ranks_before(PyObject *row, PyObject *old)
+{
+    static const int counted[4] = {F_INPUT, F_OUTPUT, F_CACHE_CREATION, F_CACHE_READ};
+    int64_t totals[2] = {0, 0};
+    PyObject *pair[2] = {row, old};
+    for (int k = 0; k < 2; k++) {
+        if (!PyTuple_CheckExact(pair[k]) || PyTuple_GET_SIZE(pair[k]) != RECORD_FIELDS) {
+            PyErr_SetString(PyExc_TypeError, "a row is a tuple of 16 columns");
+            return -1;
+        }
+        for (int i = 0; i < 4; i++) {
+            int64_t v;
+            if (as_i64(PyTuple_GET_ITEM(pair[k], counted[i]), &v) < 0)
+                return -1;
+            if (__builtin_add_overflow(totals[k], v, &totals[k])) {
+                PyErr_SetString(PyExc_OverflowError, "a total beyond 64 bits");
+                return -1;
+            }
+        }
+    }
+    if (totals[0] != totals[1])
+        return totals[0] > totals[1];
+    static const int order[3] = {F_TS, F_SESSION, F_PROJECT};
+    for (int i = 0; i < 3; i++) {
+        PyObject *a = PyTuple_GET_ITEM(row, order[i]), *b = PyTuple_GET_ITEM(old, order[i]);
+        int equal = PyObject_RichCompareBool(a, b, Py_EQ);
+        if (equal < 0)
+            return -1;
+        if (!equal)
+            return PyObject_RichCompareBool(a, b, Py_LT);
+    }
+    return 0;
+}
+
+typedef struct {
+    PyObject *loaded, *new, *better;
+} Split;
+
+static int
+split_row(PyObject *row, void *arg)
+{
+    Split *sp = arg;
+    PyObject *old = PyDict_GetItemWithError(sp->loaded, PyTuple_GET_ITEM(row, F_KEY));
+    int status = 0;
+    if (old == NULL)
+        status = PyErr_Occurred() ? -1 : PyList_Append(sp->new, row);
+    else {
+        int before = ranks_before(row, old);
+        status = before < 0 ? -1 : before ? PyList_Append(sp->better, row) : 0;
+    }
+    Py_DECREF(row);
+    return status;
+}
+
+PyDoc_STRVAR(split_rows_doc,
+"split_rows(records, loaded, /)\n--\n\n"
+"The records' rows against the rows stored so far by key (batch.split_rows):\n"
+"(new rows, rows that rank before the stored one of their key).");
+
+static PyObject *
+split_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2 || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "split_rows(records, loaded: dict)");
+        return NULL;
+    }
+    Split sp = {args[1], PyList_New(0), PyList_New(0)};
+    PyObject *out = NULL;
+    if (sp.new != NULL && sp.better != NULL && each_row(args[0], split_row, &sp) == 0)
+        out = PyTuple_Pack(2, sp.new, sp.better);
+    Py_XDECREF(sp.new);
+    Py_XDECREF(sp.better);
+    return out;
+}
 
 /* ---- staged rows: pack_rows / unpack_rows (batch.py describes the format) ---- */
 
@@ -765,6 +863,7 @@ fail:
 static PyMethodDef methods[] = {
     {"best_priced", (PyCFunction)(void (*)(void))best_priced, METH_FASTCALL, best_priced_doc},
     {"rows", rows, METH_O, rows_doc},
+    {"split_rows", (PyCFunction)(void (*)(void))split_rows, METH_FASTCALL, split_rows_doc},
     {"pack_rows", pack_rows, METH_O, pack_rows_doc},
     {"unpack_rows", unpack_rows, METH_O, unpack_rows_doc},
     {NULL, NULL, 0, NULL},

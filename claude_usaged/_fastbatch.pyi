@@ -19,6 +19,11 @@ def best_priced(
 def rows(records: list[UsageRecord], /) -> list[tuple[Any, ...]]:
     """The `responses` row of each record."""
 
+def split_rows(
+    records: list[UsageRecord], loaded: dict[str, tuple[Any, ...]], /
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """(rows of new keys, rows that rank before the stored one)."""
+
 def pack_rows(rows: list[tuple[Any, ...]], /) -> bytes:
     """The rows as the staged table keeps them."""
 

@@ -1,8 +1,9 @@
 """A batch's records before the store writes them: one per key, priced, as rows.
 
 `best_priced` is `usage.dedupe` and `PriceTable.cost` over every record of a
-batch, `response_rows` gives the `responses` rows a bulk load stores, and
-`pack_rows` packs them as the staged table keeps them. All run in C
+batch, `response_rows` gives the `responses` rows, `split_rows` sorts a bulk
+load's rows into new and better ones, and `pack_rows` packs them as the staged
+table keeps them. All run in C
 (`_fastbatch`) when it is built, with the Python here as their specification
 (the tests hold both to the same results, floats and bytes bit for bit).
 The C declines, before it changes anything, what it would not read as Python
@@ -82,6 +83,35 @@ def response_rows(records: list[UsageRecord]) -> list[tuple[Any, ...]]:
         except TypeError:
             pass
     return [response_row(r) for r in records]
+
+
+def rank(row: tuple[Any, ...]) -> tuple[int, int, str, str]:
+    """`UsageRecord.rank` of a `responses` row: smaller wins among the rows of a key."""
+    return (-(row[7] + row[8] + row[9] + row[11]), row[2], row[4], row[5])
+
+
+def split_rows(
+    records: list[UsageRecord], loaded: dict[str, tuple[Any, ...]]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The records' rows (one record per key) against the rows a bulk load stored so
+    far, by key: (rows of new keys, rows that rank before the stored one of theirs)."""
+    if _c is not None:
+        try:
+            split: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] = _c.split_rows(
+                records, loaded
+            )
+            return split
+        except (TypeError, OverflowError):
+            pass
+    new: list[tuple[Any, ...]] = []
+    better: list[tuple[Any, ...]] = []
+    for row in map(response_row, records):
+        old = loaded.get(row[0])
+        if old is None:
+            new.append(row)
+        elif rank(row) < rank(old):
+            better.append(row)
+    return new, better
 
 
 # The staged rows' format (little-endian): a head (rows, strings: u32 each); the string

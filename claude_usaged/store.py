@@ -47,7 +47,7 @@ import structlog
 
 from claude_usaged import outbox
 from claude_usaged.aggregates import Aggregates, Aggregator, aggregate
-from claude_usaged.batch import best_priced, pack_rows, response_rows, unpack_rows
+from claude_usaged.batch import best_priced, pack_rows, response_rows, split_rows, unpack_rows
 from claude_usaged.parser import ParseResult
 from claude_usaged.pricing import PriceTable
 from claude_usaged.schema import KEY_INDEX, MIGRATIONS, PRAGMAS, RESPONSE_INDEXES
@@ -141,14 +141,10 @@ FROM responses WHERE counted = 1 {{where}} GROUP BY project, model
 """
 
 
+_KEY = itemgetter(0)
 _BY_TS = itemgetter(2)
 _AGGREGATED = itemgetter(2, 3, 4, 5, 7, 8, 9, 11, 15)
 """From a `responses` row, the columns `Aggregator.feed` takes, in its order."""
-
-
-def _rank(row: tuple[Any, ...]) -> tuple[int, int, str, str]:
-    """`UsageRecord.rank` of a `responses` row (the order `_UPSERT` keeps the best by)."""
-    return (-(row[7] + row[8] + row[9] + row[11]), row[2], row[4], row[5])
 
 
 def _uncounted(rows: Iterable[tuple[Any, ...]]) -> list[str]:
@@ -532,7 +528,7 @@ class Store:
                     await self._drop_indexes(key=self._loaded is not None)
                     await self._set_meta("dirty", "1")
                 changed = list(best.values())
-                stored = await self._bulk_write(response_rows(changed))
+                stored = await self._bulk_write(changed)
             else:
                 changed = await self._apply_incremental(best)
             await db.executemany(
@@ -546,7 +542,7 @@ class Store:
             await self._rollback()
             raise
         if self._loaded is not None:
-            self._loaded.update((row[0], row) for row in stored)
+            self._loaded.update(zip(map(_KEY, stored), stored, strict=True))
             if len(self._loaded) > LOADED_ROWS:
                 self._loaded = None
         self.outbox_pending += queued
@@ -554,8 +550,9 @@ class Store:
             self.generation += 1
         return ApplyOutcome(changed=changed, lines=lines, skipped=skipped)
 
-    async def _bulk_write(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Write a bulk batch; returns the rows stored (new, or better than before).
+    async def _bulk_write(self, records: list[UsageRecord]) -> list[tuple[Any, ...]]:
+        """Write a bulk batch (one record per key); returns the rows stored (new, or
+        better than before).
 
         Onto an empty table (`_loaded` holds every row written so far) new keys are
         plain inserts with the next rowids, and a better snapshot of a key already
@@ -567,17 +564,11 @@ class Store:
         db = self._db
         loaded = self._loaded
         if loaded is None:
+            rows = response_rows(records)
             await db.execute(KEY_INDEX)
             await db.executemany(_UPSERT, rows)
             return rows
-        new: list[tuple[Any, ...]] = []
-        better: list[tuple[Any, ...]] = []
-        for row in rows:
-            old = loaded.get(row[0])
-            if old is None:
-                new.append(row)
-            elif _rank(row) < _rank(old):
-                better.append(row)
+        new, better = split_rows(records, loaded)
         first = len(loaded) + 1  # rowids 1, 2, ... in the order rows were first stored
         rowids: list[int] = []
         if better:

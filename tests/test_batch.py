@@ -241,6 +241,8 @@ def test_ordinary_records_take_the_c(prices: PriceTable, monkeypatch: pytest.Mon
     recs = records(5, 400)
     assert len(best_priced(split(recs, 5), prices)) > 100
     assert len(response_rows(recs)) == 400
+    others = sum(rec.key != recs[0].key for rec in recs)
+    assert len(batch.split_rows(recs, {recs[0].key: response_row(recs[0])})[0]) == others
 
 
 @pytest.mark.parametrize("field", ["input_tokens", "ts_ms", "web_search_requests"])
@@ -387,3 +389,34 @@ def test_damaged_packed_rows_raise(prices: PriceTable, monkeypatch: pytest.Monke
             python_side(m)
             with pytest.raises((ValueError, struct.error)):
                 batch.unpack_rows(damaged)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_split_rows_is_rank_against_the_loaded_rows(
+    seed: int, prices: PriceTable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each key once in the batch; some stored already, with a row that ties on total,
+    time, session or project: the same new and better rows, in order, from both."""
+    rng = random.Random(seed)
+    batch_records = list(best_priced([records(seed, 200)], prices).values())
+    loaded: dict[str, tuple[Any, ...]] = {}
+    for rec in batch_records:
+        if rng.random() < 0.6:
+            old = copy.copy(rec)
+            change = rng.choice(["output_tokens", "ts_ms", "session_id", "project", None])
+            if change == "output_tokens":
+                old.output_tokens += rng.choice([-1, 1]) if old.output_tokens else 1
+            elif change == "ts_ms":
+                old.ts_ms += rng.choice([-1, 1])
+            elif change is not None:
+                old_value = getattr(old, change)
+                setattr(old, change, rng.choice([old_value + "a", old_value[:-1], old_value]))
+            loaded[rec.key] = response_row(old)
+    fast = batch.split_rows(batch_records, loaded)
+    python_side(monkeypatch)
+    slow = batch.split_rows(batch_records, loaded)
+    assert fast == slow
+    new, better = fast
+    assert len(new) + len(loaded) == len(batch_records)  # every key: new, or stored
+    assert 0 < len(better) < len(loaded)
+    assert all(batch.rank(row) < batch.rank(loaded[row[0]]) for row in better)
