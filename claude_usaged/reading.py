@@ -47,10 +47,9 @@ def read_or_error(path: str, cursor: Cursor | None) -> tuple[str, ReadOutcome]:
 _worker_intern = new_interner()
 
 
-def unread_bytes(paths: Sequence[str], cursors: dict[str, Cursor]) -> int:
+def unread_bytes(sizes: dict[str, int], cursors: dict[str, Cursor]) -> int:
     total = 0
-    for path in paths:
-        size = _size(path)  # 0 for a file that vanished: nothing to read
+    for path, size in sizes.items():
         cursor = cursors.get(path)
         total += size - cursor.offset if cursor and size >= cursor.offset else size
     return total
@@ -67,13 +66,15 @@ async def read_all(
     workers = worker_count()
     threads = fastpath.enabled()
     threshold = THREAD_PARALLEL_BYTES if threads else PARALLEL_BYTES
-    if workers < 2 or len(paths) < 2 or unread_bytes(paths, cursors) < threshold:
+    # how much there is to read (a file that vanished: 0) says whether a pool pays
+    sizes = {path: _size(path) for path in paths} if workers > 1 and len(paths) > 1 else {}
+    if not sizes or unread_bytes(sizes, cursors) < threshold:
         for path in paths:
             yield await asyncio.to_thread(read_or_error, path, cursors.get(path))
         return
     pool = _pool(workers, threads)
     # threads need no big tasks to amortise pickling: smaller groups, less held at once
-    todo = iter(_groups(paths, workers, 32 if threads else 8))
+    todo = iter(_groups(sizes, workers, 32 if threads else 8))
     running: set[asyncio.Future[list[tuple[str, ReadOutcome]]]] = set()
 
     def submit() -> None:
@@ -111,9 +112,9 @@ def read_group(items: list[tuple[str, Cursor | None]]) -> list[tuple[str, ReadOu
     return [read_or_error(path, cursor) for path, cursor in items]
 
 
-def _groups(paths: Sequence[str], workers: int, per_worker: int) -> list[list[str]]:
+def _groups(sizes: dict[str, int], workers: int, per_worker: int) -> list[list[str]]:
     """Files in groups of similar size, biggest first (a huge file must not finish last)."""
-    sized = sorted(((_size(p), p) for p in paths), reverse=True)
+    sized = sorted(((size, p) for p, size in sizes.items()), reverse=True)
     target = max(4 << 20, sum(size for size, _ in sized) // (workers * per_worker))
     groups: list[list[str]] = []
     current: list[str] = []

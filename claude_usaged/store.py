@@ -751,7 +751,9 @@ class Store:
         """
         uncounted = _uncounted(loaded.values())
         skip = set(uncounted)
-        rows = sorted((row for row in loaded.values() if row[0] not in skip), key=_BY_TS)
+        rows = sorted(loaded.values(), key=_BY_TS)
+        if skip:
+            rows = [row for row in rows if row[0] not in skip]
         if skip:
             rowids = [rowid for rowid, key in enumerate(loaded, start=1) if key in skip]
             await self._stage(uncounted=rowids)
