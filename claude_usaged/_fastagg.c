@@ -1,11 +1,12 @@
 /*
  * claude_usaged._fastagg: every aggregate of time-sorted responses in one pass.
  *
- * aggregate(rows, bucket_ms, hour_ms, window_ms) takes the rows that
- * aggregates.Aggregator.feed takes, (ts, model, session, project, input,
+ * aggregate(rows, bucket_ms, hour_ms, window_ms, columns=None) takes the rows
+ * that aggregates.Aggregator.feed takes, (ts, model, session, project, input,
  * output, cache_creation, cache_read, cost or None), all at once and in time
- * order, and returns (buckets, sessions, projects, blocks): the rows of
- * Aggregator.result(), the blocks as tuples (start, first, last, entries,
+ * order (or longer rows holding those values at `columns`), and returns
+ * (buckets, sessions, projects, blocks): the rows of Aggregator.result(), the
+ * blocks as tuples (start, first, last, entries,
  * input, output, cache_creation, cache_read, cost, unpriced, models,
  * unpriced_models). Aggregator is the specification (tests compare both, floats
  * bit for bit): groups in first-seen order, integers summed exactly, each
@@ -204,28 +205,62 @@ as_int64(PyObject *v, int64_t *out)
     return 0;
 }
 
+/* Where the 9 values sit in a row: (ts, model, session, project, input, output,
+ * cache_creation, cache_read, cost); and the row's least length. */
+typedef struct {
+    Py_ssize_t at[9], width;
+} Columns;
+
 static int
-read_row(PyObject *row, Nums *r, PyObject **model, PyObject **session, PyObject **project)
+read_row(PyObject *row, const Columns *c, Nums *r, PyObject **model, PyObject **session,
+         PyObject **project)
 {
-    if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 9) {
-        PyErr_SetString(PyExc_TypeError, "a row is a tuple of 9 values");
+    if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) < c->width) {
+        PyErr_SetString(PyExc_TypeError, "a row is a tuple holding the 9 values");
         return -1;
     }
-    if (as_int64(PyTuple_GET_ITEM(row, 0), &r->ts) < 0)
+    if (as_int64(PyTuple_GET_ITEM(row, c->at[0]), &r->ts) < 0)
         return -1;
     for (int i = 0; i < 4; i++)
-        if (as_int64(PyTuple_GET_ITEM(row, 4 + i), &r->tokens[i]) < 0)
+        if (as_int64(PyTuple_GET_ITEM(row, c->at[4 + i]), &r->tokens[i]) < 0)
             return -1;
-    PyObject *cost = PyTuple_GET_ITEM(row, 8);
+    PyObject *cost = PyTuple_GET_ITEM(row, c->at[8]);
     r->priced = cost != Py_None;
     if (r->priced) {
         r->cost = PyFloat_AsDouble(cost);
         if (r->cost == -1.0 && PyErr_Occurred())
             return -1;
     }
-    *model = PyTuple_GET_ITEM(row, 1);
-    *session = PyTuple_GET_ITEM(row, 2);
-    *project = PyTuple_GET_ITEM(row, 3);
+    *model = PyTuple_GET_ITEM(row, c->at[1]);
+    *session = PyTuple_GET_ITEM(row, c->at[2]);
+    *project = PyTuple_GET_ITEM(row, c->at[3]);
+    return 0;
+}
+
+/* The columns argument: None for (0, 1, ..., 8), or a tuple of 9 non-negative ints. */
+static int
+read_columns(PyObject *arg, Columns *c)
+{
+    c->width = 9;
+    for (int i = 0; i < 9; i++)
+        c->at[i] = i;
+    if (arg == Py_None)
+        return 0;
+    if (!PyTuple_Check(arg) || PyTuple_GET_SIZE(arg) != 9) {
+        PyErr_SetString(PyExc_TypeError, "columns must be a tuple of 9 indexes");
+        return -1;
+    }
+    c->width = 0;
+    for (int i = 0; i < 9; i++) {
+        c->at[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(arg, i));
+        if (c->at[i] < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "a column index is not negative");
+            return -1;
+        }
+        if (c->at[i] + 1 > c->width)
+            c->width = c->at[i] + 1;
+    }
     return 0;
 }
 
@@ -334,18 +369,23 @@ group_of(Table *t, Recent *recent, PyObject *a, PyObject *b, PyObject *c, int64_
 }
 
 PyDoc_STRVAR(aggregate_doc,
-"aggregate(rows, bucket_ms, hour_ms, window_ms) -> (buckets, sessions, projects, blocks)\n"
+"aggregate(rows, bucket_ms, hour_ms, window_ms, columns=None)\n"
+"    -> (buckets, sessions, projects, blocks)\n"
 "\n"
-"Every aggregate of time-sorted response rows; see aggregates.aggregate.");
+"Every aggregate of time-sorted response rows; see aggregates.aggregate. columns:\n"
+"where the 9 values sit in a row (default: the first 9, in order).");
 
 static PyObject *
 aggregate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "aggregate takes 4 arguments");
+    if (nargs != 4 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "aggregate takes 4 or 5 arguments");
         return NULL;
     }
+    Columns columns;
+    if (read_columns(nargs == 5 ? args[4] : Py_None, &columns) < 0)
+        return NULL;
     PyObject *rows = args[0];
     int64_t bucket_ms, hour_ms, window_ms;
     if (!PyList_Check(rows)) {
@@ -374,7 +414,7 @@ aggregate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     for (Py_ssize_t i = 0; i < n; i++) {
         Nums r;
         PyObject *model, *session, *project;
-        if (read_row(PyList_GET_ITEM(rows, i), &r, &model, &session, &project) < 0)
+        if (read_row(PyList_GET_ITEM(rows, i), &columns, &r, &model, &session, &project) < 0)
             goto done;
         if (r.ts < previous_ts) {
             PyErr_SetString(PyExc_ValueError, "aggregate needs rows in time order");

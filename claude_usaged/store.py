@@ -143,8 +143,8 @@ FROM responses WHERE counted = 1 {{where}} GROUP BY project, model
 
 _KEY = itemgetter(0)
 _BY_TS = itemgetter(2)
-_AGGREGATED = itemgetter(2, 3, 4, 5, 7, 8, 9, 11, 15)
-"""From a `responses` row, the columns `Aggregator.feed` takes, in its order."""
+_AGGREGATED = (2, 3, 4, 5, 7, 8, 9, 11, 15)
+"""Of a `responses` row, the columns `Aggregator.feed` takes, in its order."""
 
 
 def _uncounted(rows: Iterable[tuple[Any, ...]]) -> list[str]:
@@ -757,7 +757,7 @@ class Store:
         if skip:
             rowids = [rowid for rowid, key in enumerate(loaded, start=1) if key in skip]
             await self._stage(uncounted=rowids)
-        await self._replace_aggregates(aggregate(list(map(_AGGREGATED, rows))))
+        await self._replace_aggregates(aggregate(rows, _AGGREGATED))
 
     async def _replace_aggregates(self, agg: Aggregates) -> None:
         db = self._db

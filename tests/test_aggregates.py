@@ -152,3 +152,35 @@ def test_the_c_aggregator_leaves_huge_sums_and_bad_rows_to_python() -> None:
     with pytest.raises(TypeError):
         aggregates_module._fastagg.aggregate([(1, "m")], BUCKET_MS, HOUR_MS, 5 * HOUR_MS)
     assert aggregate([]) == Aggregates()
+
+
+@pytest.mark.parametrize("c_side", [True, False])
+def test_rows_read_at_columns_of_longer_rows(c_side: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's 16-column rows go in as they are: each value read at its column."""
+    if c_side and aggregates_module._c_aggregate is None:
+        pytest.skip("claude_usaged._fastagg is not built")
+    if not c_side:
+        monkeypatch.setattr(aggregates_module, "_c_aggregate", None)
+    rows = history(7, 3000)
+    expected = reference(rows)
+    columns = (5, 0, 9, 2, 7, 1, 10, 3, 12)  # where each of a row's 9 values goes
+    wide = []
+    for row in rows:
+        cells: list[Any] = ["junk"] * 13
+        for value, at in zip(row, columns, strict=True):
+            cells[at] = value
+        wide.append(tuple(cells))
+    got = aggregate(wide, columns)
+    assert (got.buckets, got.sessions, got.projects) == (
+        expected.buckets,
+        expected.sessions,
+        expected.projects,
+    )
+    assert got.blocks == expected.blocks
+
+
+@needs_c
+@pytest.mark.parametrize("columns", [(0, 1, 2), (0, 1, 2, 3, 4, 5, 6, 7, -1), "012345678"])
+def test_bad_columns_are_refused(columns: Any) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        aggregates_module._fastagg.aggregate([], BUCKET_MS, HOUR_MS, 5 * HOUR_MS, columns)
