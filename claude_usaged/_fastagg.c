@@ -253,9 +253,9 @@ read_columns(PyObject *arg, Columns *c)
     c->width = 0;
     for (int i = 0; i < 9; i++) {
         c->at[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(arg, i));
-        if (c->at[i] < 0) {
+        if (c->at[i] < 0 || c->at[i] >= PY_SSIZE_T_MAX) {
             if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "a column index is not negative");
+                PyErr_SetString(PyExc_ValueError, "a column index out of range");
             return -1;
         }
         if (c->at[i] + 1 > c->width)

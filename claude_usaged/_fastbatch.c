@@ -94,6 +94,16 @@ total_tokens(PyObject *rec, int64_t *out)
     return 0;
 }
 
+/* Times are compared only as int, sessions and projects only as str (another type's
+ * comparison could run Python code while rows are borrowed): TypeError, and the
+ * Python compares them. */
+static int
+not_text(void)
+{
+    PyErr_SetString(PyExc_TypeError, "times must be int, sessions and projects str");
+    return -1;
+}
+
 /* 1 when `rec` beats `old` (same key), 0 when not, -1 on error: usage.dedupe. */
 static int
 beats(PyObject *rec, PyObject *old)
@@ -111,6 +121,8 @@ beats(PyObject *rec, PyObject *old)
     static const int texts[2] = {F_SESSION, F_PROJECT};
     for (int i = 0; i < 2; i++) {
         PyObject *a = *slot(rec, texts[i]), *b = *slot(old, texts[i]);
+        if (!PyUnicode_CheckExact(a) || !PyUnicode_CheckExact(b))
+            return not_text();
         int equal = PyObject_RichCompareBool(a, b, Py_EQ);
         if (equal < 0)
             return -1;
@@ -129,6 +141,10 @@ typedef struct {
 static int
 as_i64(PyObject *v, int64_t *out)
 {
+    if (!PyLong_Check(v)) { /* no __index__: no Python code runs while rows are borrowed */
+        PyErr_SetString(PyExc_TypeError, "an int expected");
+        return -1;
+    }
     long long x = PyLong_AsLongLong(v);
     if (x == -1 && PyErr_Occurred())
         return -1;
@@ -181,6 +197,10 @@ cost_of(Pricer *p, PyObject *rec)
     PyObject *plan = plan_for(p, *slot(rec, F_MODEL)), *result = NULL;
     if (plan == NULL)
         return NULL;
+    if (Py_TYPE(rec) != layout_type) { /* plan_of ran code that learned another type */
+        PyErr_SetString(PyExc_TypeError, "the record layout changed while pricing");
+        goto done;
+    }
     if (plan == Py_None) {
         result = plan;
         plan = NULL;
@@ -492,6 +512,9 @@ ranks_before(PyObject *row, PyObject *old)
     static const int order[3] = {F_TS, F_SESSION, F_PROJECT};
     for (int i = 0; i < 3; i++) {
         PyObject *a = PyTuple_GET_ITEM(row, order[i]), *b = PyTuple_GET_ITEM(old, order[i]);
+        if (i == 0 ? !PyLong_CheckExact(a) || !PyLong_CheckExact(b)
+                   : !PyUnicode_CheckExact(a) || !PyUnicode_CheckExact(b))
+            return not_text();
         int equal = PyObject_RichCompareBool(a, b, Py_EQ);
         if (equal < 0)
             return -1;
@@ -790,6 +813,11 @@ unpack_rows(PyObject *module, PyObject *data)
     uint32_t n_rows, n_strings;
     if (zero == NULL || take(&r, &n_rows, 4) < 0 || take(&r, &n_strings, 4) < 0)
         goto fail;
+    /* each string takes 4 bytes at least, each row 8 + 93: allocate no more than that */
+    if ((uint64_t)n_strings * 4 + (uint64_t)n_rows * 101 > (uint64_t)(r.end - r.p)) {
+        PyErr_SetString(PyExc_ValueError, "packed rows cut short");
+        goto fail;
+    }
     strings = PyList_New(n_strings);
     if (strings == NULL)
         goto fail;

@@ -33,6 +33,9 @@ static int
 learn_layout(PyTypeObject *type)
 {
     Py_ssize_t found[RECORD_FIELDS];
+    /* a class (a built-in type has no tp_dict of its own since Python 3.12) */
+    if (!PyType_HasFeature(type, Py_TPFLAGS_HEAPTYPE) || type->tp_dict == NULL)
+        goto no;
     PyObject *post_init = PyDict_GetItemString(type->tp_dict, "__post_init__");
     if (post_init != NULL || type->tp_basicsize != (Py_ssize_t)sizeof(PyObject) +
                                                       RECORD_FIELDS * (Py_ssize_t)sizeof(PyObject *))

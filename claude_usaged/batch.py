@@ -225,11 +225,14 @@ def _unpacked_python(data: bytes) -> list[tuple[Any, ...]]:
 
 
 def unpack_rows(data: bytes) -> list[tuple[Any, ...]]:
-    """The rows `pack_rows` packed."""
+    """The rows `pack_rows` packed; ValueError for bytes it did not pack."""
     if _c is not None:
         try:
             rows: list[tuple[Any, ...]] = _c.unpack_rows(data)
             return rows
         except TypeError:  # a big-endian machine
             pass
-    return _unpacked_python(data)
+    try:
+        return _unpacked_python(data)
+    except (struct.error, IndexError) as exc:
+        raise ValueError(f"packed rows damaged: {exc}") from None

@@ -268,14 +268,14 @@ def _run(argv: list[str]) -> int:
         from claude_usaged.log import configure_logging
 
         configure_logging(settings.log_format, settings.log_level, lean=True)
-        # while the child catches up, on the core it leaves free
-        headstart.import_behind(head)
     except KeyboardInterrupt:
         return 0
     finally:
         if early is not None and early.waiting:
             early.cancel()  # no job was sent (an error, or a stop)
     try:
+        # while the child catches up, on the core it leaves free
+        headstart.import_behind(head)
         import asyncio
 
         from claude_usaged.daemon import Daemon, StartupError

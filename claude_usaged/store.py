@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import itertools
 import json
 import os
 import pickle
@@ -197,14 +196,13 @@ _OPTIONAL_TEXT_COLUMNS = tuple(map(itemgetter, (13, 14)))
 
 def _check_text(rows: Sequence[tuple[Any, ...]]) -> None:
     """Raise UnicodeEncodeError for text SQLite cannot store, as binding it would
-    (see `_packed`). ASCII text is always UTF-8 (`isascii` reads a flag): only the
-    rest is encoded."""
-    for column in _TEXT_COLUMNS:
-        for text in itertools.filterfalse(str.isascii, map(column, rows)):
-            text.encode("utf-8")
-    for column in _OPTIONAL_TEXT_COLUMNS:
-        for text in itertools.filterfalse(str.isascii, filter(None, map(column, rows))):
-            text.encode("utf-8")
+    (see `_packed`; rows it pickles, which are rare). ASCII text is always UTF-8
+    (`isascii` reads a flag): only the rest is encoded; other values bind as
+    they are."""
+    for column in (*_TEXT_COLUMNS, *_OPTIONAL_TEXT_COLUMNS):
+        for value in map(column, rows):
+            if type(value) is str and not value.isascii():
+                value.encode("utf-8")
 
 
 def _packed(rows: Sequence[tuple[Any, ...]]) -> bytes | list[tuple[Any, ...]]:

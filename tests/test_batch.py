@@ -383,12 +383,55 @@ def test_damaged_packed_rows_raise(prices: PriceTable, monkeypatch: pytest.Monke
     packed = batch.pack_rows(packable_rows(4, 10, prices))
     assert packed is not None
     for damaged in (packed[:-1], packed + b"\x00", packed[:6]):
-        with pytest.raises((ValueError, struct.error)):
+        with pytest.raises(ValueError):
             batch.unpack_rows(damaged)
         with monkeypatch.context() as m:
             python_side(m)
-            with pytest.raises((ValueError, struct.error)):
+            with pytest.raises(ValueError):
                 batch.unpack_rows(damaged)
+
+
+def test_a_header_claiming_more_rows_than_bytes_allocates_nothing() -> None:
+    """Counts beyond what the bytes can hold are refused before any list is made
+    (2**31 rows would take 16 GiB)."""
+    assert batch._c is not None
+    with pytest.raises(ValueError, match="cut short"):
+        batch._c.unpack_rows(struct.pack("<II", 0x7FFFFFFF, 0))
+    with pytest.raises(ValueError, match="cut short"):
+        batch._c.unpack_rows(struct.pack("<II", 0, 0x7FFFFFFF))
+
+
+@pytest.mark.parametrize("value", [("a",), 1, 1.5, None, "text"])
+def test_what_is_not_a_record_is_declined_not_crashed_on(value: Any, prices: PriceTable) -> None:
+    """A first record of a built-in type (which has no dict of its own since Python
+    3.12): TypeError from the C, and the Python says what it makes of it."""
+    assert batch._c is not None
+    for call in (
+        lambda: batch._c.rows([value]),
+        lambda: batch._c.split_rows([value], {}),
+        lambda: batch._c.best_priced([[value]], prices.plans, prices.plan, {}, 0.0),
+    ):
+        with pytest.raises(TypeError):
+            call()
+    with pytest.raises(AttributeError):
+        response_rows([value])
+
+
+def test_odd_sessions_in_a_tie_are_compared_by_the_python(prices: PriceTable) -> None:
+    """Only str is compared in C (another type's comparison could run Python code)."""
+
+    class Name(str):
+        pass
+
+    first = UsageRecord("k", "m", 5, "claude-opus-5", Name("s"), "/p", False, 1, 2, 0, 0, 3)
+    twin = copy.copy(first)
+    twin.session_id = Name("r")
+    assert batch._c is not None
+    with pytest.raises(TypeError):
+        batch._c.best_priced([[first, twin]], prices.plans, prices.plan, {}, 0.0)
+    assert best_priced([[first, twin]], prices)["k"] is twin
+    rows = response_rows([first, twin])
+    assert batch.split_rows([twin], {"k": rows[0]}) == ([], [rows[1]])
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -456,6 +456,9 @@ def test_records_are_built_slot_by_slot_as_init_would(monkeypatch: pytest.Monkey
     (checked,) = scan(buf, "s", "p", None, Checked, 1 << 62, "unknown")[3]
     assert type(checked) is Checked and checked.project == "checked"
     assert astuple(checked)[:5] == astuple(expected[0])[:5]
+    # a built-in type (no dict of its own since Python 3.12) is called too
+    with pytest.raises(TypeError):
+        scan(buf, "s", "p", None, dict, 1 << 62, "unknown")
 
 
 def test_extension_is_built_on_ci() -> None:
