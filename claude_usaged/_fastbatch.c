@@ -56,21 +56,15 @@ check_record(PyObject *rec, PyTypeObject *type)
     return 0;
 }
 
-/* An int field as int64: TypeError for another type, OverflowError beyond 64 bits. */
+/* An int as int64: TypeError for another type, OverflowError beyond 64 bits. */
 static int
-int_field(PyObject *rec, int field, int64_t *out)
+as_i64(PyObject *v, int64_t *out)
 {
-    PyObject *v = *slot(rec, field);
-    if (!PyLong_Check(v)) {
-        PyErr_Format(PyExc_TypeError, "%s is not an int", FIELD_NAMES[field]);
+    if (!PyLong_Check(v)) { /* no __index__: no Python code runs while rows are borrowed */
+        PyErr_SetString(PyExc_TypeError, "an int expected");
         return -1;
     }
-    int overflow = 0;
-    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-    if (overflow) {
-        PyErr_SetString(PyExc_OverflowError, "an integer beyond 64 bits");
-        return -1;
-    }
+    long long x = PyLong_AsLongLong(v);
     if (x == -1 && PyErr_Occurred())
         return -1;
     *out = x;
@@ -78,12 +72,45 @@ int_field(PyObject *rec, int field, int64_t *out)
 }
 
 static int
-total_tokens(PyObject *rec, int64_t *out)
+int_field(PyObject *rec, int field, int64_t *out)
 {
-    static const int fields[4] = {F_INPUT, F_OUTPUT, F_CACHE_CREATION, F_CACHE_READ};
+    return as_i64(*slot(rec, field), out);
+}
+
+/* What decides between two snapshots of one key (UsageRecord.rank, batch.rank): the
+ * larger total, then the earlier time, then the smaller session and project. */
+typedef struct {
+    PyObject *counts[4], *ts, *session, *project;
+} Rank;
+
+static const int COUNTED[4] = {F_INPUT, F_OUTPUT, F_CACHE_CREATION, F_CACHE_READ};
+
+static void
+record_rank(PyObject *rec, Rank *r)
+{
+    for (int i = 0; i < 4; i++)
+        r->counts[i] = *slot(rec, COUNTED[i]);
+    r->ts = *slot(rec, F_TS);
+    r->session = *slot(rec, F_SESSION);
+    r->project = *slot(rec, F_PROJECT);
+}
+
+static void
+row_rank(PyObject *row, Rank *r)
+{
+    for (int i = 0; i < 4; i++)
+        r->counts[i] = PyTuple_GET_ITEM(row, COUNTED[i]);
+    r->ts = PyTuple_GET_ITEM(row, F_TS);
+    r->session = PyTuple_GET_ITEM(row, F_SESSION);
+    r->project = PyTuple_GET_ITEM(row, F_PROJECT);
+}
+
+static int
+total_of(const Rank *r, int64_t *out)
+{
     int64_t sum = 0, v;
     for (int i = 0; i < 4; i++) {
-        if (int_field(rec, fields[i], &v) < 0)
+        if (as_i64(r->counts[i], &v) < 0)
             return -1;
         if (__builtin_add_overflow(sum, v, &sum)) {
             PyErr_SetString(PyExc_OverflowError, "a total beyond 64 bits");
@@ -104,32 +131,42 @@ not_text(void)
     return -1;
 }
 
+/* 1 when `a` ranks before `b`, 0 when not, -1 on error. */
+static int
+ranks_before(const Rank *a, const Rank *b)
+{
+    int64_t a_total, b_total, a_ts, b_ts;
+    if (total_of(a, &a_total) < 0 || total_of(b, &b_total) < 0)
+        return -1;
+    if (a_total != b_total)
+        return a_total > b_total;
+    if (as_i64(a->ts, &a_ts) < 0 || as_i64(b->ts, &b_ts) < 0)
+        return -1;
+    if (a_ts != b_ts)
+        return a_ts < b_ts;
+    /* then (session, project), as tuples compare: the first unequal one decides */
+    PyObject *texts[2][2] = {{a->session, b->session}, {a->project, b->project}};
+    for (int i = 0; i < 2; i++) {
+        PyObject *x = texts[i][0], *y = texts[i][1];
+        if (!PyUnicode_CheckExact(x) || !PyUnicode_CheckExact(y))
+            return not_text();
+        int equal = PyObject_RichCompareBool(x, y, Py_EQ);
+        if (equal < 0)
+            return -1;
+        if (!equal)
+            return PyObject_RichCompareBool(x, y, Py_LT);
+    }
+    return 0;
+}
+
 /* 1 when `rec` beats `old` (same key), 0 when not, -1 on error: usage.dedupe. */
 static int
 beats(PyObject *rec, PyObject *old)
 {
-    int64_t new_total, old_total, new_ts, old_ts;
-    if (total_tokens(rec, &new_total) < 0 || total_tokens(old, &old_total) < 0)
-        return -1;
-    if (new_total != old_total)
-        return new_total > old_total;
-    if (int_field(rec, F_TS, &new_ts) < 0 || int_field(old, F_TS, &old_ts) < 0)
-        return -1;
-    if (new_ts != old_ts)
-        return new_ts < old_ts;
-    /* then (session, project), as tuples compare: the first unequal one decides */
-    static const int texts[2] = {F_SESSION, F_PROJECT};
-    for (int i = 0; i < 2; i++) {
-        PyObject *a = *slot(rec, texts[i]), *b = *slot(old, texts[i]);
-        if (!PyUnicode_CheckExact(a) || !PyUnicode_CheckExact(b))
-            return not_text();
-        int equal = PyObject_RichCompareBool(a, b, Py_EQ);
-        if (equal < 0)
-            return -1;
-        if (!equal)
-            return PyObject_RichCompareBool(a, b, Py_LT);
-    }
-    return 0;
+    Rank a, b;
+    record_rank(rec, &a);
+    record_rank(old, &b);
+    return ranks_before(&a, &b);
 }
 
 /* ---- cost: PriceTable.cost over PriceTable.plan's tuples -------------------- */
@@ -137,20 +174,6 @@ beats(PyObject *rec, PyObject *old)
 typedef struct {
     double in, out, w5, w1, cr;
 } Rates;
-
-static int
-as_i64(PyObject *v, int64_t *out)
-{
-    if (!PyLong_Check(v)) { /* no __index__: no Python code runs while rows are borrowed */
-        PyErr_SetString(PyExc_TypeError, "an int expected");
-        return -1;
-    }
-    long long x = PyLong_AsLongLong(v);
-    if (x == -1 && PyErr_Occurred())
-        return -1;
-    *out = x;
-    return 0;
-}
 
 static int
 rates_at(PyObject *t, Py_ssize_t at, Rates *r)
@@ -484,44 +507,18 @@ rows(PyObject *module, PyObject *records)
     return out;
 }
 
-/* 1 when `row` ranks before `old` (batch.rank: larger total, then earlier time, then
- * smaller session and project), 0 when not, -1 on error. */
+/* 1 when `row` ranks before `old` (batch.rank), 0 when not, -1 on error. */
 static int
-ranks_before(PyObject *row, PyObject *old)
+row_ranks_before(PyObject *row, PyObject *old)
 {
-    static const int counted[4] = {F_INPUT, F_OUTPUT, F_CACHE_CREATION, F_CACHE_READ};
-    int64_t totals[2] = {0, 0};
-    PyObject *pair[2] = {row, old};
-    for (int k = 0; k < 2; k++) {
-        if (!PyTuple_CheckExact(pair[k]) || PyTuple_GET_SIZE(pair[k]) != RECORD_FIELDS) {
-            PyErr_SetString(PyExc_TypeError, "a row is a tuple of 16 columns");
-            return -1;
-        }
-        for (int i = 0; i < 4; i++) {
-            int64_t v;
-            if (as_i64(PyTuple_GET_ITEM(pair[k], counted[i]), &v) < 0)
-                return -1;
-            if (__builtin_add_overflow(totals[k], v, &totals[k])) {
-                PyErr_SetString(PyExc_OverflowError, "a total beyond 64 bits");
-                return -1;
-            }
-        }
+    if (!PyTuple_CheckExact(old) || PyTuple_GET_SIZE(old) != RECORD_FIELDS) {
+        PyErr_SetString(PyExc_TypeError, "a row is a tuple of 16 columns");
+        return -1;
     }
-    if (totals[0] != totals[1])
-        return totals[0] > totals[1];
-    static const int order[3] = {F_TS, F_SESSION, F_PROJECT};
-    for (int i = 0; i < 3; i++) {
-        PyObject *a = PyTuple_GET_ITEM(row, order[i]), *b = PyTuple_GET_ITEM(old, order[i]);
-        if (i == 0 ? !PyLong_CheckExact(a) || !PyLong_CheckExact(b)
-                   : !PyUnicode_CheckExact(a) || !PyUnicode_CheckExact(b))
-            return not_text();
-        int equal = PyObject_RichCompareBool(a, b, Py_EQ);
-        if (equal < 0)
-            return -1;
-        if (!equal)
-            return PyObject_RichCompareBool(a, b, Py_LT);
-    }
-    return 0;
+    Rank a, b;
+    row_rank(row, &a);
+    row_rank(old, &b);
+    return ranks_before(&a, &b);
 }
 
 typedef struct {
@@ -537,7 +534,7 @@ split_row(PyObject *row, void *arg)
     if (old == NULL)
         status = PyErr_Occurred() ? -1 : PyList_Append(sp->new, row);
     else {
-        int before = ranks_before(row, old);
+        int before = row_ranks_before(row, old);
         status = before < 0 ? -1 : before ? PyList_Append(sp->better, row) : 0;
     }
     Py_DECREF(row);
@@ -655,20 +652,12 @@ put_shared(Buf *row, Buf *table, PyObject *index, PyObject *s)
 static int
 put_i64(Buf *b, PyObject *v)
 {
-    if (!PyLong_CheckExact(v)) {
+    int64_t x;
+    if (!PyLong_CheckExact(v)) { /* not even a subclass: the Python packs `type(v) is int` */
         PyErr_SetString(PyExc_TypeError, "an int expected");
         return -1;
     }
-    int overflow = 0;
-    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-    if (overflow) {
-        PyErr_SetString(PyExc_OverflowError, "an integer beyond 64 bits");
-        return -1;
-    }
-    if (x == -1 && PyErr_Occurred())
-        return -1;
-    int64_t y = x;
-    return buf_put(b, &y, 8);
+    return as_i64(v, &x) < 0 ? -1 : buf_put(b, &x, 8);
 }
 
 /* The columns of a row, in order: 'T' text, 'S' shared text, 'I' int, 'O' shared text

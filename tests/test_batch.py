@@ -228,6 +228,9 @@ def test_ties_keep_the_first_seen(prices: PriceTable) -> None:
     assert best_priced([[first, other]], prices)["k"] is other
     other.project = "/q"
     assert best_priced([[first, other]], prices)["k"] is first
+    other.session_id = "r"  # the session decides before the project
+    assert best_priced([[first, other]], prices)["k"] is other
+    assert batch.split_rows([other], {"k": response_row(first)}) == ([], [response_row(other)])
 
 
 def test_ordinary_records_take_the_c(prices: PriceTable, monkeypatch: pytest.MonkeyPatch) -> None:
