@@ -188,10 +188,9 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-_TEXT_COLUMNS = tuple(map(itemgetter, (0, 1, 3, 4, 5)))
-"""Of a response row: key, message id, model, session, project (always text)."""
-_OPTIONAL_TEXT_COLUMNS = tuple(map(itemgetter, (13, 14)))
-"""Of a response row: speed and geo (text, or 0 for none)."""
+_TEXT_COLUMNS = tuple(map(itemgetter, (0, 1, 3, 4, 5, 13, 14)))
+"""Of a response row: key, message id, model, session, project, and speed and geo
+(text, or 0 for none)."""
 
 
 def _check_text(rows: Sequence[tuple[Any, ...]]) -> None:
@@ -199,7 +198,7 @@ def _check_text(rows: Sequence[tuple[Any, ...]]) -> None:
     (see `_packed`; rows it pickles, which are rare). ASCII text is always UTF-8
     (`isascii` reads a flag): only the rest is encoded; other values bind as
     they are."""
-    for column in (*_TEXT_COLUMNS, *_OPTIONAL_TEXT_COLUMNS):
+    for column in _TEXT_COLUMNS:
         for value in map(column, rows):
             if type(value) is str and not value.isascii():
                 value.encode("utf-8")
