@@ -11,7 +11,6 @@ the same tables with SQL; tests check all of them give identical rows.
 from __future__ import annotations
 
 import itertools
-import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from functools import reduce
 from operator import add, gt, itemgetter
 from typing import Any
 
+from claude_usaged.fastpath import extension
 from claude_usaged.usage import BUCKET_MS, HOUR_MS, WINDOW_MS
 from claude_usaged.windows import Block, build_blocks
 
@@ -118,14 +118,10 @@ class Aggregator:
         return out
 
 
-_c_aggregate: Callable[..., tuple[list[Any], list[Any], list[Any], list[Any]]] | None = None
-try:
-    from claude_usaged import _fastagg
-except ImportError:  # not built: no compiler at install time
-    pass
-else:
-    if os.environ.get("CLAUDE_USAGED_PURE_PYTHON", "") in ("", "0"):
-        _c_aggregate = _fastagg.aggregate
+_fastagg = extension("_fastagg")
+_c_aggregate: Callable[..., tuple[list[Any], list[Any], list[Any], list[Any]]] | None = (
+    None if _fastagg is None else _fastagg.aggregate
+)
 
 
 def aggregate(

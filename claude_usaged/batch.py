@@ -14,23 +14,16 @@ the Python runs then. `CLAUDE_USAGED_PURE_PYTHON=1` turns the C off.
 from __future__ import annotations
 
 import itertools
-import os
 import struct
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+from claude_usaged.fastpath import extension
 from claude_usaged.pricing import PriceTable
 from claude_usaged.usage import UsageRecord, dedupe
 
-_c: ModuleType | None = None
-try:
-    from claude_usaged import _fastbatch
-except ImportError:  # not built: no compiler at install time
-    pass
-else:
-    if os.environ.get("CLAUDE_USAGED_PURE_PYTHON", "") in ("", "0"):
-        _c = _fastbatch
+_c: ModuleType | None = extension("_fastbatch")
 
 
 def best_priced(

@@ -4,13 +4,16 @@ The extension is optional, so `pip install` without a compiler still works;
 the pure-Python parser is then used, and it stays the specification the C
 path is tested against (tests/test_fastscan.py runs both on the same input).
 `CLAUDE_USAGED_PURE_PYTHON=1`, read at import, turns the C path off;
-`set_enabled` switches it at run time (tests, benchmarks).
+`set_enabled` switches it at run time (tests, benchmarks). `extension` finds the
+other optional C extensions (batch helpers, aggregates) by the same rules.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
+from types import ModuleType
 
 from claude_usaged.usage import UsageRecord
 
@@ -32,7 +35,21 @@ try:
 except ImportError:  # not built: no compiler at install time
     _scan = None
 
-_enabled = _scan is not None and os.environ.get("CLAUDE_USAGED_PURE_PYTHON", "") in ("", "0")
+PURE_PYTHON = os.environ.get("CLAUDE_USAGED_PURE_PYTHON", "") not in ("", "0")
+"""`CLAUDE_USAGED_PURE_PYTHON=1`, read at import: no C extension is used."""
+
+_enabled = _scan is not None and not PURE_PYTHON
+
+
+def extension(name: str) -> ModuleType | None:
+    """The optional C extension `claude_usaged.<name>`, or None when it was not built
+    or PURE_PYTHON turns C off (its callers then run their Python specification)."""
+    if PURE_PYTHON:
+        return None
+    try:
+        return importlib.import_module(f"claude_usaged.{name}")
+    except ImportError:  # not built: no compiler at install time
+        return None
 
 
 def available() -> bool:
