@@ -88,3 +88,25 @@ async def test_a_stop_drops_the_groups_not_started(
     await reader.aclose()
     await asyncio.sleep(0.3)
     assert len(started) <= 6
+
+
+def test_groups_take_big_and_small_files_in_turns() -> None:
+    """Groups hold at least their share of bytes, biggest file first, and are handed out
+    first, last, second, second to last: a reader on small files (GIL-bound) is paired
+    with one on big files (scanning without the GIL)."""
+    mb = 1 << 20
+    sizes = {"huge": 40 * mb, "a": 20 * mb, "b": 12 * mb, "c": 6 * mb}
+    small = {f"s{n}": mb for n in range(10)}
+    # 88 MB over 2 workers x 4 groups each: at least 11 MB a group
+    groups = reading._groups(sizes | small, workers=2, per_worker=4)
+    # by bytes: [huge] [a] [b] [c s9 s8 s7 s6 s5] [s4 s3 s2 s1 s0] (the rest)
+    rest = ["s4", "s3", "s2", "s1", "s0"]
+    assert groups == [["huge"], rest, ["a"], ["c", "s9", "s8", "s7", "s6", "s5"], ["b"]]
+
+
+def test_interleaved_orders_any_number_of_groups() -> None:
+    assert reading._interleaved([]) == []
+    assert reading._interleaved([["a"]]) == [["a"]]
+    assert reading._interleaved([["a"], ["b"]]) == [["a"], ["b"]]
+    five = [[str(n)] for n in range(5)]
+    assert reading._interleaved(five) == [["0"], ["4"], ["1"], ["3"], ["2"]]
