@@ -53,6 +53,14 @@
 #include "_records.h"
 #include <stdint.h>
 #include <string.h>
+#if defined(__unix__) || defined(__APPLE__)
+/* read_files: POSIX files (the daemon runs on Linux and macOS) */
+#define HAVE_READ_FILES 1
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#endif
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
@@ -1202,6 +1210,58 @@ done:
     return result;
 }
 
+/*
+ * Phase 2 of a scan: (lines, malformed, too_long, records, declined). A declined
+ * line is (index, start, end) in buf, or with line_bytes (index, its bytes).
+ */
+static PyObject *
+build_outcome(const Scan *s, const unsigned char *buf, PyObject *seen, PyObject *record_type,
+              PyObject *fallback_session, PyObject *fallback_project, PyObject *unknown,
+              int line_bytes)
+{
+    PyObject *records = PyList_New(0), *declined = PyList_New(0), *out = NULL;
+    Builder b;
+    memset(&b, 0, sizeof(b));
+    b.seen = seen;
+    if (records == NULL || declined == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        const Line *L = &s->items[i];
+        if (L->dropped)
+            continue;
+        if (L->outcome == OUT_RECORD) {
+            PyObject *rec = build_record(&b, L, record_type, fallback_session,
+                                         fallback_project, unknown);
+            if (rec == NULL || PyList_Append(records, rec) < 0) {
+                Py_XDECREF(rec);
+                goto fail;
+            }
+            Py_DECREF(rec);
+        } else {
+            Py_ssize_t index = PyList_GET_SIZE(records);
+            PyObject *item =
+                line_bytes ? Py_BuildValue("(ny#)", index, (const char *)buf + L->start,
+                                           L->end - L->start)
+                           : Py_BuildValue("(nnn)", index, L->start, L->end);
+            if (item == NULL || PyList_Append(declined, item) < 0) {
+                Py_XDECREF(item);
+                goto fail;
+            }
+            Py_DECREF(item);
+        }
+    }
+    out = Py_BuildValue("(nnnOO)", s->lines, s->bad, s->too_long, records, declined);
+fail:
+    Py_XDECREF(b.model.obj);
+    Py_XDECREF(b.session.obj);
+    Py_XDECREF(b.cwd.obj);
+    Py_XDECREF(b.speed.obj);
+    Py_XDECREF(b.geo.obj);
+    Py_XDECREF(records);
+    Py_XDECREF(declined);
+    return out;
+}
+
 PyDoc_STRVAR(scan_doc,
 "scan(buf, fallback_session, fallback_project, seen, record_type, max_line, unknown,\n"
 "     dedupe=False, /)\n"
@@ -1284,49 +1344,267 @@ fastscan_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return PyErr_NoMemory();
     }
 
-    PyObject *records = PyList_New(0), *declined = PyList_New(0), *out = NULL;
-    Builder b;
-    memset(&b, 0, sizeof(b));
-    b.seen = seen;
-    if (records == NULL || declined == NULL)
-        goto fail;
-    for (Py_ssize_t i = 0; i < s.n; i++) {
-        const Line *L = &s.items[i];
-        if (L->dropped)
-            continue;
-        if (L->outcome == OUT_RECORD) {
-            PyObject *rec = build_record(&b, L, record_type, fallback_session,
-                                         fallback_project, unknown);
-            if (rec == NULL || PyList_Append(records, rec) < 0) {
-                Py_XDECREF(rec);
-                goto fail;
-            }
-            Py_DECREF(rec);
-        } else {
-            PyObject *item = Py_BuildValue("(nnn)", PyList_GET_SIZE(records), L->start, L->end);
-            if (item == NULL || PyList_Append(declined, item) < 0) {
-                Py_XDECREF(item);
-                goto fail;
-            }
-            Py_DECREF(item);
-        }
-    }
-    out = Py_BuildValue("(nnnOO)", s.lines, s.bad, s.too_long, records, declined);
-fail:
-    Py_XDECREF(b.model.obj);
-    Py_XDECREF(b.session.obj);
-    Py_XDECREF(b.cwd.obj);
-    Py_XDECREF(b.speed.obj);
-    Py_XDECREF(b.geo.obj);
-    Py_XDECREF(records);
-    Py_XDECREF(declined);
+    PyObject *out = build_outcome(&s, buf, seen, record_type, fallback_session,
+                                  fallback_project, unknown, 0);
     PyMem_RawFree(s.items);
     PyBuffer_Release(&view);
     return out;
 }
 
+/* ---- whole small files: read and scanned in one release of the GIL --------- */
+
+#ifdef HAVE_READ_FILES
+/*
+ * A cold catch-up reads hundreds of small transcripts. Read one by one from
+ * Python, each costs a few syscalls and some Python, each of which takes the GIL
+ * again, for little data to scan without it; with two readers they mostly waited
+ * for each other. read_files reads as many files as fit in the caller's buffer
+ * (opened, stat'ed, read to the end and closed, then scanned), all without the
+ * GIL, and builds their results only then: one GIL round trip per buffer.
+ */
+enum { FILE_TODO, FILE_READ, FILE_ERROR, FILE_LEFT };
+
+typedef struct {
+    const char *path;
+    Span fb_session, fb_project; /* UTF-8 of the fallbacks; p NULL: dedupe left to Python */
+    int status, err;
+    unsigned long long dev, ino;
+    long long size, mtime_ns;
+    Py_ssize_t at, got, committed; /* where it sits in the buffer; bytes read; complete lines */
+    Scan s;
+} FileRead;
+
+/*
+ * Read and scan f into buf[*used:cap]. Returns 0 when it does not fit in what is
+ * left (f is untouched, to be read into an empty buffer). A file that is not
+ * regular, that the buffer could never hold, or that grew while read is left to
+ * the caller (FILE_LEFT); a failed syscall is FILE_ERROR with its errno.
+ */
+static int
+read_file(FileRead *f, unsigned char *buf, Py_ssize_t cap, Py_ssize_t *used,
+          Py_ssize_t max_line)
+{
+    int fd;
+    do
+        fd = open(f->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        f->status = FILE_ERROR;
+        f->err = errno;
+        return 1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        f->status = FILE_ERROR;
+        f->err = errno;
+        close(fd);
+        return 1;
+    }
+    /* one byte more than its size: a file that fills it grew while read */
+    Py_ssize_t room = st.st_size < cap ? (Py_ssize_t)st.st_size + 1 : cap + 1;
+    if (!S_ISREG(st.st_mode) || room > cap) {
+        f->status = FILE_LEFT;
+        close(fd);
+        return 1;
+    }
+    if (room > cap - *used) {
+        close(fd);
+        return 0;
+    }
+    unsigned char *dst = buf + *used;
+    Py_ssize_t got = 0;
+    while (got < room) {
+        ssize_t n = pread(fd, dst + got, (size_t)(room - got), (off_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            f->status = FILE_ERROR;
+            f->err = errno;
+            close(fd);
+            return 1;
+        }
+        if (n == 0)
+            break;
+        got += n;
+    }
+    close(fd);
+    if (got == room) {
+        f->status = FILE_LEFT;
+        return 1;
+    }
+    Py_ssize_t committed = got;
+    while (committed > 0 && dst[committed - 1] != '\n')
+        committed--;
+    scan_buffer(dst, committed, max_line, &f->s);
+    if (f->s.oom) { /* Python reads it, and says so if memory is still short */
+        f->status = FILE_LEFT;
+        return 1;
+    }
+    if (f->fb_session.p != NULL)
+        dedupe_lines(&f->s, f->fb_session, f->fb_project);
+    f->status = FILE_READ;
+    f->dev = (unsigned long long)st.st_dev;
+    f->ino = (unsigned long long)st.st_ino;
+    f->size = (long long)st.st_size;
+#ifdef __APPLE__
+    f->mtime_ns = (long long)st.st_mtimespec.tv_sec * 1000000000LL + st.st_mtimespec.tv_nsec;
+#else
+    f->mtime_ns = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+#endif
+    f->at = *used;
+    f->got = got;
+    f->committed = committed;
+    *used += got;
+    return 1;
+}
+
+/* The result of one file (see read_files_doc); NULL with an exception set. */
+static PyObject *
+file_result(const FileRead *f, const unsigned char *buf, Py_ssize_t head_bytes,
+            Py_ssize_t tail_bytes, PyObject *seen, PyObject *record_type, PyObject *session,
+            PyObject *project, PyObject *unknown)
+{
+    if (f->status == FILE_LEFT)
+        Py_RETURN_NONE;
+    if (f->status == FILE_ERROR)
+        return PyLong_FromLong(f->err);
+    const unsigned char *data = buf + f->at;
+    Py_ssize_t head = f->committed < head_bytes ? f->committed : head_bytes;
+    Py_ssize_t tail = f->committed < tail_bytes ? f->committed : tail_bytes;
+    PyObject *scanned = build_outcome(&f->s, data, seen, record_type, session, project, unknown, 1);
+    if (scanned == NULL)
+        return NULL;
+    return Py_BuildValue("(KKLLnny#y#N)", f->dev, f->ino, f->size, f->mtime_ns, f->committed,
+                         f->got, (const char *)data, head,
+                         (const char *)data + f->committed - tail, tail, scanned);
+}
+
+PyDoc_STRVAR(read_files_doc,
+"read_files(paths, sessions, projects, buf, max_line, head_bytes, tail_bytes, seen,\n"
+"           record_type, unknown, /)\n"
+"--\n\n"
+"Read each file (bytes paths) whole into buf and scan its complete lines, deduped\n"
+"(scan with dedupe=True, the fallbacks of sessions[i] and projects[i]). One item\n"
+"per path: None, to be read by the caller (not a regular file, as big as buf, grew\n"
+"while read); an errno (int) where a syscall failed; or (dev, ino, size, mtime_ns,\n"
+"offset, bytes_read, head, tail, (lines, malformed, too_long, records, declined))\n"
+"where offset follows the last complete line, head and tail are the bytes up to\n"
+"head_bytes before it and from tail_bytes before it, and declined holds\n"
+"(index, line bytes).");
+
+static PyObject *
+fastscan_read_files(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "read_files() takes 10 arguments");
+        return NULL;
+    }
+    PyObject *paths = args[0], *sessions = args[1], *projects = args[2], *seen = args[7];
+    PyObject *record_type = args[8], *unknown = args[9];
+    if (!PyList_CheckExact(paths) || !PyList_CheckExact(sessions) ||
+        !PyList_CheckExact(projects) || PyList_GET_SIZE(sessions) != PyList_GET_SIZE(paths) ||
+        PyList_GET_SIZE(projects) != PyList_GET_SIZE(paths)) {
+        PyErr_SetString(PyExc_TypeError, "paths, sessions and projects: lists of one length");
+        return NULL;
+    }
+    if (seen != Py_None && !PyDict_CheckExact(seen)) {
+        PyErr_SetString(PyExc_TypeError, "seen must be a dict or None");
+        return NULL;
+    }
+    if (!PyUnicode_Check(unknown)) {
+        PyErr_SetString(PyExc_TypeError, "unknown must be str");
+        return NULL;
+    }
+    Py_ssize_t max_line = PyLong_AsSsize_t(args[4]), head_bytes = PyLong_AsSsize_t(args[5]);
+    Py_ssize_t tail_bytes = PyLong_AsSsize_t(args[6]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (max_line < 0 || head_bytes < 0 || tail_bytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_line, head_bytes and tail_bytes must be >= 0");
+        return NULL;
+    }
+    if ((PyObject *)layout_type != record_type &&
+        (!PyType_Check(record_type) || learn_layout((PyTypeObject *)record_type) < 0))
+        PyErr_Clear(); /* another kind of record: built by calling its type */
+
+    /* the lists stay the caller's: their items are held here while the GIL is released */
+    Py_ssize_t n = PyList_GET_SIZE(paths);
+    PyObject *items = PyTuple_New(3 * n);
+    FileRead *files = PyMem_Calloc((size_t)(n ? n : 1), sizeof(FileRead));
+    PyObject *out = PyList_New(n);
+    Py_buffer view = {0};
+    if (items == NULL || files == NULL || out == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *path = PyList_GET_ITEM(paths, i), *session = PyList_GET_ITEM(sessions, i);
+        PyObject *project = PyList_GET_ITEM(projects, i);
+        PyTuple_SET_ITEM(items, 3 * i, Py_NewRef(path));
+        PyTuple_SET_ITEM(items, 3 * i + 1, Py_NewRef(session));
+        PyTuple_SET_ITEM(items, 3 * i + 2, Py_NewRef(project));
+        if (!PyBytes_CheckExact(path) || !PyUnicode_Check(session) || !PyUnicode_Check(project)) {
+            PyErr_SetString(PyExc_TypeError, "paths must be bytes, sessions and projects str");
+            goto fail;
+        }
+        if (strlen(PyBytes_AS_STRING(path)) != (size_t)PyBytes_GET_SIZE(path)) {
+            PyErr_SetString(PyExc_ValueError, "embedded null byte in a path");
+            goto fail;
+        }
+        files[i].path = PyBytes_AS_STRING(path);
+        const char *a = PyUnicode_AsUTF8AndSize(session, &files[i].fb_session.n);
+        const char *b = a ? PyUnicode_AsUTF8AndSize(project, &files[i].fb_project.n) : NULL;
+        if (a == NULL || b == NULL)
+            PyErr_Clear(); /* not UTF-8 (surrogates): leave the deduping to Python */
+        else {
+            files[i].fb_session.p = (const unsigned char *)a;
+            files[i].fb_project.p = (const unsigned char *)b;
+        }
+    }
+    if (PyObject_GetBuffer(args[3], &view, PyBUF_WRITABLE) < 0)
+        goto fail;
+    unsigned char *buf = view.buf;
+    Py_ssize_t cap = view.len;
+    for (Py_ssize_t first = 0; first < n;) {
+        Py_ssize_t end = first, used = 0;
+        Py_BEGIN_ALLOW_THREADS
+        while (end < n && read_file(&files[end], buf, cap, &used, max_line))
+            end++;
+        Py_END_ALLOW_THREADS
+        for (Py_ssize_t i = first; i < end; i++) {
+            PyObject *result = file_result(&files[i], buf, head_bytes, tail_bytes, seen,
+                                           record_type, PyTuple_GET_ITEM(items, 3 * i + 1),
+                                           PyTuple_GET_ITEM(items, 3 * i + 2), unknown);
+            if (result == NULL)
+                goto fail;
+            PyList_SET_ITEM(out, i, result);
+        }
+        first = end;
+    }
+    PyBuffer_Release(&view);
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyMem_RawFree(files[i].s.items);
+    PyMem_Free(files);
+    Py_DECREF(items);
+    return out;
+fail:
+    if (view.obj != NULL)
+        PyBuffer_Release(&view);
+    if (files != NULL)
+        for (Py_ssize_t i = 0; i < n; i++)
+            PyMem_RawFree(files[i].s.items);
+    PyMem_Free(files);
+    Py_XDECREF(items);
+    Py_XDECREF(out);
+    return NULL;
+}
+#endif /* HAVE_READ_FILES */
+
 static PyMethodDef fastscan_methods[] = {
     {"scan", (PyCFunction)(void (*)(void))fastscan_scan, METH_FASTCALL, scan_doc},
+#ifdef HAVE_READ_FILES
+    {"read_files", (PyCFunction)(void (*)(void))fastscan_read_files, METH_FASTCALL,
+     read_files_doc},
+#endif
     {NULL, NULL, 0, NULL},
 };
 

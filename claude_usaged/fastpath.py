@@ -27,13 +27,34 @@ Scan = Callable[
     [Buffer, str, str, dict[str, str] | None, type[UsageRecord], int, str, bool], ScanResult
 ]
 
-_scan: Scan | None
-try:
-    from claude_usaged._fastscan import scan as _c_scan
+ScanOutcome = tuple[int, int, int, list[UsageRecord], list[tuple[int, bytes]]]
+"""ScanResult of a file read whole: declined lines as (index, the line's bytes)."""
 
-    _scan = _c_scan
+ReadFiles = Callable[
+    [
+        list[bytes],
+        list[str],
+        list[str],
+        bytearray,
+        int,
+        int,
+        int,
+        dict[str, str] | None,
+        type[UsageRecord],
+        str,
+    ],
+    list[tuple[int, int, int, int, int, int, bytes, bytes, ScanOutcome] | int | None],
+]
+
+_scan: Scan | None
+_read_files: ReadFiles | None
+try:
+    from claude_usaged import _fastscan
+
+    _scan = _fastscan.scan
+    _read_files = getattr(_fastscan, "read_files", None)  # POSIX only
 except ImportError:  # not built: no compiler at install time
-    _scan = None
+    _scan = _read_files = None
 
 PURE_PYTHON = os.environ.get("CLAUDE_USAGED_PURE_PYTHON", "") not in ("", "0")
 """`CLAUDE_USAGED_PURE_PYTHON=1`, read at import: no C extension is used."""
@@ -73,3 +94,8 @@ def set_enabled(flag: bool) -> None:
 def scanner() -> Scan | None:
     """The C scan function when it is in use, else None."""
     return _scan if _enabled else None
+
+
+def file_reader() -> ReadFiles | None:
+    """The C function that reads and scans whole small files, when the scanner is in use."""
+    return _read_files if _enabled else None

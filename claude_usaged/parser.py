@@ -14,8 +14,10 @@ and declines the lines it is not sure about; those come back here, to
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -345,22 +347,86 @@ def _parse_scanned(
     lines, bad, too_long, records, declined = scan(
         buf, fallback_session, fallback_project, seen, UsageRecord, max_line, UNKNOWN_MODEL, deduped
     )
+    view = memoryview(buf)
+    return _scanned_result(
+        (lines, bad, too_long, records, [(i, view[start:end]) for i, start, end in declined]),
+        fallback_session,
+        fallback_project,
+        intern,
+    )
+
+
+def _scanned_result(
+    scanned: tuple[int, int, int, list[UsageRecord], Sequence[tuple[int, Buffer]]],
+    fallback_session: str,
+    fallback_project: str,
+    intern: _Interner | None,
+) -> ParseResult:
+    """The ParseResult of a C scan, with each line it declined decoded by
+    record_from_line (its outcome goes before records[index])."""
+    lines, bad, too_long, records, declined = scanned
     result = ParseResult(records, lines)
     if bad:
         result.skipped["malformed_line"] += bad
     if too_long:
         result.skipped["line_too_long"] += too_long
     if declined:
-        # each declined line's outcome goes before records[index]: rebuild in order
         result.records = []
-        view = memoryview(buf)
         done = 0
-        for index, start, end in declined:
+        for index, line in declined:
             result.records.extend(records[done:index])
             done = index
-            _take_line(result, view, start, end, fallback_session, fallback_project, intern)
+            view = memoryview(line)
+            _take_line(result, view, 0, len(view), fallback_session, fallback_project, intern)
         result.records.extend(records[done:])
     return result
+
+
+FileScan = tuple[int, int, int, int, int, int, bytes, bytes, ParseResult]
+"""(dev, ino, size, mtime_ns, offset, bytes_read, head, tail, parsed) of a file read
+whole: offset follows its last complete line, head and tail are the bytes before it
+that a cursor's fingerprint hashes."""
+
+
+def scan_files(
+    paths: list[str],
+    fallbacks: list[tuple[str, str]],
+    buf: bytearray,
+    max_line: int,
+    head_bytes: int,
+    tail_bytes: int,
+    intern: _Interner | None = None,
+) -> list[FileScan | OSError | None] | None:
+    """Small files read whole and parsed (as parse_lines with deduped=True) by the C
+    scanner, as many at a time as fit in `buf`, without the GIL: one item per path,
+    None for a file left to the caller (not regular, as big as `buf`, growing while
+    read). None instead of a list when the C scanner is not in use."""
+    read_files = fastpath.file_reader()
+    if read_files is None:
+        return None
+    seen = intern._seen if intern is not None else None
+    outcomes = read_files(
+        [os.fsencode(path) for path in paths],
+        [session for session, _ in fallbacks],
+        [project for _, project in fallbacks],
+        buf,
+        max_line,
+        head_bytes,
+        tail_bytes,
+        seen,
+        UsageRecord,
+        UNKNOWN_MODEL,
+    )
+    results: list[FileScan | OSError | None] = []
+    for path, (session, project), outcome in zip(paths, fallbacks, outcomes, strict=True):
+        if outcome is None:
+            results.append(None)
+        elif isinstance(outcome, int):  # the errno of a failed open, fstat or read
+            results.append(OSError(outcome, os.strerror(outcome), path))
+        else:
+            parsed = _scanned_result(outcome[8], session, project, intern)
+            results.append((*outcome[:8], parsed))
+    return results
 
 
 def new_interner() -> _Interner:

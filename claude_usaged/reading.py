@@ -19,7 +19,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from claude_usaged import fastpath
 from claude_usaged.parser import new_interner
-from claude_usaged.tailer import Cursor, TailResult, read_new
+from claude_usaged.tailer import Cursor, TailResult, read_fresh, read_new
 
 PARALLEL_BYTES = 48 << 20
 """Below this many unread bytes a process pool costs more to start than it saves."""
@@ -108,8 +108,15 @@ def _pool(workers: int, threads: bool) -> Executor:
 
 
 def read_group(items: list[tuple[str, Cursor | None]]) -> list[tuple[str, ReadOutcome]]:
-    """One pool task: several files, so each round trip carries enough work."""
-    return [read_or_error(path, cursor) for path, cursor in items]
+    """One pool task: several files, so each round trip carries enough work. Files
+    without a cursor are read whole at once where they can be (`read_fresh`)."""
+    fresh = [path for path, cursor in items if cursor is None]
+    done = dict(zip(fresh, read_fresh(fresh, _worker_intern), strict=True))
+    results: list[tuple[str, ReadOutcome]] = []
+    for path, cursor in items:
+        outcome = done.get(path)
+        results.append((path, outcome) if outcome is not None else read_or_error(path, cursor))
+    return results
 
 
 def _groups(sizes: dict[str, int], workers: int, per_worker: int) -> list[list[str]]:
