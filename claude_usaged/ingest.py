@@ -33,11 +33,8 @@ DATA_ERRORS = (UnicodeError, OverflowError, ValueError, TypeError, sqlite3.Inter
 """What binding a value raises: the data is at fault, not the database (disk full and
 locked are sqlite3.OperationalError, which the supervisor retries)."""
 
-BATCH_RECORDS = 64_000
-"""Records held in memory before they are written: bounds RSS on big histories (~13 MB
-of records). Not less: the writer's passes over a batch hold the GIL, and the readers
-wait for it meanwhile, so writing while they read costs more than it overlaps (a 500 MB
-catch-up, 49k records, took 6% longer in batches of 20k than in one)."""
+BATCH_RECORDS = 20_000
+"""Records held in memory before they are written (bounds RSS on big histories)."""
 
 
 @dataclass(slots=True)

@@ -140,10 +140,10 @@ def _groups(sizes: dict[str, int], workers: int, per_worker: int) -> list[list[s
 
 def _interleaved(groups: list[list[str]]) -> list[list[str]]:
     """Groups of big files and of many small ones, taken in turns: first, last, second,
-    second to last... A small file costs a reader a few syscalls and some Python, each
-    of which takes the GIL, for little data to scan without it: when both readers were
-    on small files at the end, each spent a third of its time waiting for the other
-    (a 500 MB catch-up read 10-15% faster in turns)."""
+    second to last... A small file costs a reader more GIL-bound work (syscalls, Python)
+    for its bytes than a big one, so the two readers do not both end on that work at
+    once. Small as the effect is since small files are read in C (`read_fresh`), it is
+    there: a 500 MB catch-up took 0.400 s against 0.413 s (medians of 12)."""
     order: list[list[str]] = []
     low, high = 0, len(groups) - 1
     while low <= high:
