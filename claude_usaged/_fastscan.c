@@ -1516,8 +1516,12 @@ fastscan_read_files(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "unknown must be str");
         return NULL;
     }
-    Py_ssize_t max_line = PyLong_AsSsize_t(args[4]), head_bytes = PyLong_AsSsize_t(args[5]);
-    Py_ssize_t tail_bytes = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t max_line = PyLong_AsSsize_t(args[4]);
+    if (max_line == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        max_line = PY_SSIZE_T_MAX; /* larger than any buffer, as in scan() */
+    }
+    Py_ssize_t head_bytes = PyLong_AsSsize_t(args[5]), tail_bytes = PyLong_AsSsize_t(args[6]);
     if (PyErr_Occurred())
         return NULL;
     if (max_line < 0 || head_bytes < 0 || tail_bytes < 0) {
@@ -1577,6 +1581,8 @@ fastscan_read_files(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (result == NULL)
                 goto fail;
             PyList_SET_ITEM(out, i, result);
+            PyMem_RawFree(files[i].s.items); /* its lines point into buf, reused next round */
+            files[i].s.items = NULL;
         }
         first = end;
     }

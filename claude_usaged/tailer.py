@@ -199,7 +199,9 @@ def read_fresh(
     """`read_new(path, None)` of many files at once, read whole by the C scanner
     (`parser.scan_files`): one GIL round trip for all the small files that fit in the
     read buffer, where read_new takes the GIL again after each of a dozen syscalls.
-    An OSError is returned, not raised. None for each file left to read_new: all of
+    An OSError is returned, not raised (of read_new's type and errno, and naming the
+    file even where read_new's, from fstat or a read, does not). None for each file
+    left to read_new: all of
     them without the C scanner, with a max_line shorter than the buffer, and any file
     as big as the buffer, not regular, or growing while read."""
     if not paths or max_line < CHUNK_BYTES:

@@ -234,3 +234,7 @@ def test_bad_arguments_raise_before_reading(tmp_path: Path) -> None:
     with pytest.raises(BufferError):
         read_files([b"a"], ["s"], ["p"], b"read-only", *args[1:])  # type: ignore[arg-type]
     assert read_files([], [], [], *args) == []
+    path = tmp_path / "s.jsonl"
+    write_lines(path, [line("m1", 1)])
+    (huge,) = read_fresh([str(path)], max_line=1 << 70)  # any max_line, as scan takes it
+    same_as_read_new(str(path), huge)
