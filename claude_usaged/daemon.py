@@ -31,7 +31,6 @@ from claude_usaged.instance import AlreadyRunning, InstanceLock
 from claude_usaged.limits import limit_malloc_arenas, raise_open_files_limit
 from claude_usaged.paths import address_file
 from claude_usaged.pricing import PriceFileError, PriceTable
-from claude_usaged.scan import list_transcripts
 from claude_usaged.settings import Settings
 from claude_usaged.stats import ReadModel
 from claude_usaged.store import Store, StoreError
@@ -240,11 +239,6 @@ class Daemon:
                 await self._listen_while_starting()
         if not await self._after_head_start():
             return
-        listing = None
-        if self.head_start is not None:
-            # the first rescan's stat pass, while the database opens: the child is done
-            # and the watches are in place, so whatever changes after it sends an event
-            listing = asyncio.ensure_future(asyncio.to_thread(list_transcripts, s.claude_dirs))
         try:
             prices = PriceTable.load(s.prices)
         except PriceFileError as exc:
@@ -268,7 +262,7 @@ class Daemon:
         except OSError as exc:  # the team directory beside the database
             raise StartupError(f"cannot create the team databases: {exc}") from None
         store = self._store
-        ingest = Ingest(store, s.claude_dirs, listing)
+        ingest = Ingest(store, s.claude_dirs)
         first_scan = await ingest.start()
         self.forwarder = forwarder_for(s, store)
         if self.forwarder is not None:

@@ -403,7 +403,6 @@ def _catch_up(job: Job, status_fd: int) -> int:
     from claude_usaged.instance import AlreadyRunning, InstanceLock
     from claude_usaged.limits import limit_malloc_arenas
     from claude_usaged.pricing import PriceFileError, PriceTable
-    from claude_usaged.scan import list_transcripts
     from claude_usaged.store import Store, StoreError
 
     limit_malloc_arenas()
@@ -424,15 +423,11 @@ def _catch_up(job: Job, status_fd: int) -> int:
     os.close(status_fd)
 
     async def run() -> None:
-        roots = [Path(d) for d in job.claude_dirs]
-        # which files there are, found while the database opens (a file created after it
-        # is the daemon's own rescan's)
-        listing = asyncio.ensure_future(asyncio.to_thread(list_transcripts, roots))
         # deferred: the daemon writes the staged rows, builds the secondary indexes and
         # merges the WAL once it serves
         store = await Store.open(db, prices, forward_to=job.forward_target, deferred=True)
         try:
-            await catch_up(Ingest(store, roots, listing))
+            await catch_up(Ingest(store, [Path(d) for d in job.claude_dirs]))
         except BaseException:
             await store.close()
             raise

@@ -12,14 +12,14 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
 from claude_usaged.reading import ReadOutcome, read_all
-from claude_usaged.scan import Listing, changed_paths
+from claude_usaged.scan import changed_paths
 from claude_usaged.store import Store
 from claude_usaged.tailer import Cursor, TailResult
 from claude_usaged.usage import UsageRecord
@@ -54,14 +54,9 @@ class IngestState:
 class Ingest:
     """Reads changed transcripts and applies them to the store, one batch at a time."""
 
-    def __init__(
-        self, store: Store, roots: Sequence[Path], listing: Awaitable[Listing] | None = None
-    ) -> None:
-        """`listing`: the first rescan's stat pass, taken ahead (`scan.list_transcripts`)
-        by a caller that knows no change can go unseen after it was taken."""
+    def __init__(self, store: Store, roots: Sequence[Path]) -> None:
         self.store = store
         self.roots = list(roots)
-        self._listing = listing
         self.state = IngestState()
         self.cursors: dict[str, Cursor] = {}
         self._pending: set[str] = set()
@@ -112,9 +107,7 @@ class Ingest:
             started, bytes_before = time.monotonic(), self.state.bytes_read
             try:
                 if rescan:
-                    listing, self._listing = self._listing, None
-                    ahead = await listing if listing is not None else None
-                    paths |= set(await asyncio.to_thread(self._changed_paths, ahead))
+                    paths |= set(await asyncio.to_thread(self._changed_paths))
                     self.state.last_scan_at = time.time()
                 await self._process(sorted(paths))
                 await self.store.settle()
@@ -139,9 +132,8 @@ class Ingest:
                 if not waiter.done():
                     waiter.set_result(None)
 
-    def _changed_paths(self, listing: Listing | None) -> list[str]:
-        failing = self._failing.keys() | self._refused.keys()
-        return changed_paths(self.roots, self.cursors, failing, listing)
+    def _changed_paths(self) -> list[str]:
+        return changed_paths(self.roots, self.cursors, self._failing.keys() | self._refused.keys())
 
     async def _process(self, paths: Sequence[str]) -> None:
         batch: list[TailResult] = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from pathlib import Path
 
 from claude_usaged.tailer import Cursor
@@ -21,46 +21,21 @@ def transcript_paths(roots: Iterable[Path]) -> list[str]:
     return sorted(set(found))
 
 
-Listing = dict[str, tuple[int, int, int] | None]
-"""Each transcript's (inode, size, modification time in ns) by path, None where it
-could not be stat'ed (it vanished)."""
-
-
-def list_transcripts(roots: Iterable[Path]) -> Listing:
-    """`transcript_paths` with each file's stat, taken now: a rescan's stat pass done
-    ahead, while the database opens (`changed_paths(listing=...)`)."""
-    return {path: _stat(path) for path in transcript_paths(roots)}
-
-
 def changed_paths(
-    roots: Iterable[Path],
-    cursors: Mapping[str, Cursor],
-    failing: Container[str] = (),
-    listing: Listing | None = None,
+    roots: Iterable[Path], cursors: Mapping[str, Cursor], failing: Container[str] = ()
 ) -> list[str]:
     """Transcripts without a cursor, failing ones, and those whose inode, size or
-    modification time differ from their cursor's (a vanished file is not listed).
-    With a `listing` the files and their stats are its own, not looked up now."""
-    stat: Callable[[str], tuple[int, int, int] | None] = _stat
-    if listing is None:
-        listing = dict.fromkeys(transcript_paths(roots))
-    else:
-        stat = listing.__getitem__
+    modification time differ from their cursor's (a vanished file is not listed)."""
     changed = []
-    for path in listing:
+    for path in transcript_paths(roots):
         cursor = cursors.get(path)
         if cursor is None or path in failing:
             changed.append(path)
             continue
-        st = stat(path)
-        if st is not None and st != (cursor.ino, cursor.size, cursor.mtime_ns):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != (cursor.ino, cursor.size, cursor.mtime_ns):
             changed.append(path)
     return changed
-
-
-def _stat(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
