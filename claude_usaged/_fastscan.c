@@ -45,6 +45,9 @@
  * malformed lines, computed as parser._bad_line_count does, quirks included
  * (its regex pre-check decides whether the per-line count runs at all).
  *
+ * read_files (POSIX) does the same for whole small files, which it opens, reads
+ * and closes itself, many per release of the GIL (see its section).
+ *
  * CLAUDE_USAGED_NO_AVX2 (set at import) keeps the SSE2 loops, for testing.
  */
 #define PY_SSIZE_T_CLEAN

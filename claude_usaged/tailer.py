@@ -201,10 +201,10 @@ def read_fresh(
     read buffer, where read_new takes the GIL again after each of a dozen syscalls.
     An OSError is returned, not raised (of read_new's type and errno, and naming the
     file even where read_new's, from fstat or a read, does not). None for each file
-    left to read_new: all of
-    them without the C scanner, with a max_line shorter than the buffer, and any file
-    as big as the buffer, not regular, or growing while read."""
-    if not paths or max_line < CHUNK_BYTES:
+    left to read_new: all of them without the C scanner or with a max_line shorter
+    than the buffer, and any file as big as the buffer, not regular, or growing
+    while read."""
+    if not paths or max_line < CHUNK_BYTES or fastpath.file_reader() is None:
         return [None] * len(paths)
     fallbacks = [_fallbacks(path) for path in paths]
     with _read_buffer() as buf:
