@@ -1213,6 +1213,46 @@ done:
     return result;
 }
 
+/* ---- arguments both entry points take --------------------------------------- */
+
+/* max_line as a Py_ssize_t; one it cannot be (too big): larger than any buffer. */
+static Py_ssize_t
+max_line_of(PyObject *value)
+{
+    Py_ssize_t max_line = PyLong_AsSsize_t(value);
+    if (max_line == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        max_line = PY_SSIZE_T_MAX;
+    }
+    return max_line;
+}
+
+/* Records of `record_type` are built slot by slot if it has UsageRecord's layout. */
+static void
+use_record_type(PyObject *record_type)
+{
+    if ((PyObject *)layout_type != record_type &&
+        (!PyType_Check(record_type) || learn_layout((PyTypeObject *)record_type) < 0))
+        PyErr_Clear(); /* another kind of record: built by calling its type */
+}
+
+/* The fallbacks' UTF-8 for dedupe_lines; 0 when one is not UTF-8 (surrogates): the
+ * deduping is then left to Python. */
+static int
+fallback_spans(PyObject *session, PyObject *project, Span *fb_session, Span *fb_project)
+{
+    Py_ssize_t ns, np;
+    const char *a = PyUnicode_AsUTF8AndSize(session, &ns);
+    const char *b = a ? PyUnicode_AsUTF8AndSize(project, &np) : NULL;
+    if (a == NULL || b == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    *fb_session = (Span){(const unsigned char *)a, ns, 0};
+    *fb_project = (Span){(const unsigned char *)b, np, 0};
+    return 1;
+}
+
 /*
  * Phase 2 of a scan: (lines, malformed, too_long, records, declined). A declined
  * line is (index, start, end) in buf, or with line_bytes (index, its bytes).
@@ -1293,11 +1333,7 @@ fastscan_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "seen must be a dict or None");
         return NULL;
     }
-    Py_ssize_t max_line = PyLong_AsSsize_t(args[5]);
-    if (max_line == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        max_line = PY_SSIZE_T_MAX; /* larger than any buffer */
-    }
+    Py_ssize_t max_line = max_line_of(args[5]);
     /*
      * Any contiguous buffer: bytes, or a slice of the reader's reused bytearray.
      * While the view is held a bytearray cannot be resized; the caller promises
@@ -1310,19 +1346,9 @@ fastscan_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (dedupe < 0)
             return NULL;
     }
-    if (dedupe) {
-        const char *a = PyUnicode_AsUTF8AndSize(fallback_session, &fb_session.n);
-        const char *b = a ? PyUnicode_AsUTF8AndSize(fallback_project, &fb_project.n) : NULL;
-        if (a == NULL || b == NULL) {
-            PyErr_Clear(); /* not UTF-8 (surrogates): leave the deduping to Python */
-            dedupe = 0;
-        }
-        fb_session.p = (const unsigned char *)a;
-        fb_project.p = (const unsigned char *)b;
-    }
-    if ((PyObject *)layout_type != record_type &&
-        (!PyType_Check(record_type) || learn_layout((PyTypeObject *)record_type) < 0))
-        PyErr_Clear(); /* another kind of record: built by calling its type */
+    if (dedupe)
+        dedupe = fallback_spans(fallback_session, fallback_project, &fb_session, &fb_project);
+    use_record_type(record_type);
     Py_buffer view;
     if (PyObject_GetBuffer(buf_obj, &view, PyBUF_SIMPLE) < 0)
         return NULL;
@@ -1519,11 +1545,7 @@ fastscan_read_files(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "unknown must be str");
         return NULL;
     }
-    Py_ssize_t max_line = PyLong_AsSsize_t(args[4]);
-    if (max_line == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        max_line = PY_SSIZE_T_MAX; /* larger than any buffer, as in scan() */
-    }
+    Py_ssize_t max_line = max_line_of(args[4]);
     Py_ssize_t head_bytes = PyLong_AsSsize_t(args[5]), tail_bytes = PyLong_AsSsize_t(args[6]);
     if (PyErr_Occurred())
         return NULL;
@@ -1531,9 +1553,7 @@ fastscan_read_files(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "max_line, head_bytes and tail_bytes must be >= 0");
         return NULL;
     }
-    if ((PyObject *)layout_type != record_type &&
-        (!PyType_Check(record_type) || learn_layout((PyTypeObject *)record_type) < 0))
-        PyErr_Clear(); /* another kind of record: built by calling its type */
+    use_record_type(record_type);
 
     /* the lists stay the caller's: their items are held here while the GIL is released */
     Py_ssize_t n = PyList_GET_SIZE(paths);
@@ -1558,14 +1578,7 @@ fastscan_read_files(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto fail;
         }
         files[i].path = PyBytes_AS_STRING(path);
-        const char *a = PyUnicode_AsUTF8AndSize(session, &files[i].fb_session.n);
-        const char *b = a ? PyUnicode_AsUTF8AndSize(project, &files[i].fb_project.n) : NULL;
-        if (a == NULL || b == NULL)
-            PyErr_Clear(); /* not UTF-8 (surrogates): leave the deduping to Python */
-        else {
-            files[i].fb_session.p = (const unsigned char *)a;
-            files[i].fb_project.p = (const unsigned char *)b;
-        }
+        fallback_spans(session, project, &files[i].fb_session, &files[i].fb_project);
     }
     if (PyObject_GetBuffer(args[3], &view, PyBUF_WRITABLE) < 0)
         goto fail;
