@@ -389,6 +389,7 @@ that a cursor's fingerprint hashes."""
 
 
 def scan_files(
+    read_files: fastpath.ReadFiles,
     paths: list[str],
     fallbacks: list[tuple[str, str]],
     buf: bytearray,
@@ -396,14 +397,11 @@ def scan_files(
     head_bytes: int,
     tail_bytes: int,
     intern: _Interner | None = None,
-) -> list[FileScan | OSError | None] | None:
+) -> list[FileScan | OSError | None]:
     """Small files read whole and parsed (as parse_lines with deduped=True) by the C
-    scanner, as many at a time as fit in `buf`, without the GIL: one item per path,
-    None for a file left to the caller (not regular, as big as `buf`, growing while
-    read). None instead of a list when the C scanner is not in use."""
-    read_files = fastpath.file_reader()
-    if read_files is None:
-        return None
+    scanner's `read_files` (`fastpath.file_reader`), as many at a time as fit in `buf`,
+    without the GIL: one item per path, None for a file left to the caller (not
+    regular, as big as `buf`, growing while read)."""
     seen = intern._seen if intern is not None else None
     outcomes = read_files(
         [os.fsencode(path) for path in paths],

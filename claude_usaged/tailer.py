@@ -80,8 +80,7 @@ def _restart_reason(fd: int, st: os.stat_result, cursor: Cursor) -> str | None:
         return "truncated"
     if _digest(_pread(fd, cursor.head_len, 0)) != cursor.head_hash:
         return "rewritten"
-    tail_start = max(0, cursor.offset - TAIL_BYTES)
-    if _digest(_pread(fd, cursor.offset - tail_start, tail_start)) != cursor.tail_hash:
+    if _digest(_tail(fd, cursor.offset)) != cursor.tail_hash:
         return "rewritten"
     return None
 
@@ -176,17 +175,8 @@ def read_new(
             # dedupes a batch's records in any case)
             result.parsed.records = list(dedupe(result.parsed.records).values())
         head = _pread(fd, min(HEAD_BYTES, offset), 0)
-        tail_start = max(0, offset - TAIL_BYTES)
-        result.cursor = Cursor(
-            path=path,
-            dev=st.st_dev,
-            ino=st.st_ino,
-            offset=offset,
-            head_len=len(head),
-            head_hash=_digest(head),
-            tail_hash=_digest(_pread(fd, offset - tail_start, tail_start)),
-            size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
+        result.cursor = _fingerprinted(
+            path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, offset, head, _tail(fd, offset)
         )
         return result
     finally:
@@ -204,13 +194,14 @@ def read_fresh(
     left to read_new: all of them without the C scanner or with a max_line shorter
     than the buffer, and any file as big as the buffer, not regular, or growing
     while read."""
-    if not paths or max_line < CHUNK_BYTES or fastpath.file_reader() is None:
+    read_files = fastpath.file_reader()
+    if not paths or max_line < CHUNK_BYTES or read_files is None:
         return [None] * len(paths)
     fallbacks = [_fallbacks(path) for path in paths]
     with _read_buffer() as buf:
-        scanned = scan_files(list(paths), fallbacks, buf, max_line, HEAD_BYTES, TAIL_BYTES, intern)
-    if scanned is None:
-        return [None] * len(paths)
+        scanned = scan_files(
+            read_files, list(paths), fallbacks, buf, max_line, HEAD_BYTES, TAIL_BYTES, intern
+        )
     return [
         _fresh_result(path, outcome) if isinstance(outcome, tuple) else outcome
         for path, outcome in zip(paths, scanned, strict=True)
@@ -219,7 +210,16 @@ def read_fresh(
 
 def _fresh_result(path: str, scanned: FileScan) -> TailResult:
     dev, ino, size, mtime_ns, offset, bytes_read, head, tail, parsed = scanned
-    cursor = Cursor(
+    cursor = _fingerprinted(path, dev, ino, size, mtime_ns, offset, head, tail)
+    return TailResult(path=path, cursor=cursor, parsed=parsed, bytes_read=bytes_read)
+
+
+def _fingerprinted(
+    path: str, dev: int, ino: int, size: int, mtime_ns: int, offset: int, head: bytes, tail: bytes
+) -> Cursor:
+    """The cursor at `offset`, with the fingerprints of the `head` (up to HEAD_BYTES from
+    byte 0) and the `tail` (up to TAIL_BYTES before offset) read there."""
+    return Cursor(
         path=path,
         dev=dev,
         ino=ino,
@@ -230,7 +230,12 @@ def _fresh_result(path: str, scanned: FileScan) -> TailResult:
         size=size,
         mtime_ns=mtime_ns,
     )
-    return TailResult(path=path, cursor=cursor, parsed=parsed, bytes_read=bytes_read)
+
+
+def _tail(fd: int, offset: int) -> bytes:
+    """The bytes just before `offset` that a cursor's tail fingerprint hashes."""
+    start = max(0, offset - TAIL_BYTES)
+    return _pread(fd, offset - start, start)
 
 
 def _replace_stat(cursor: Cursor, st: os.stat_result) -> Cursor:
