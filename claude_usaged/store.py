@@ -751,7 +751,6 @@ class Store:
         rows = sorted(loaded.values(), key=_BY_TS)
         if skip:
             rows = [row for row in rows if row[0] not in skip]
-        if skip:
             rowids = [rowid for rowid, key in enumerate(loaded, start=1) if key in skip]
             await self._stage(uncounted=rowids)
         await self._replace_aggregates(aggregate(rows, _AGGREGATED))
